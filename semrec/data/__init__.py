@@ -1,0 +1,1 @@
+"""Tables on disk: schemas checks, atomic publishing, real-data adapters, synthetic generators."""
