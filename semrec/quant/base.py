@@ -34,7 +34,8 @@ def as_float32(x: Any, what: str = "embeddings") -> np.ndarray:
     bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
     if bad.any():
         raise InputError(f"{what}: NaN or inf in row {int(np.argmax(bad))} ({int(bad.sum())} bad rows)")
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()
 
 
 class Quantizer(ABC):

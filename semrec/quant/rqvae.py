@@ -58,6 +58,17 @@ class RQVAEModule(nn.Module):
         self.encoder = mlp([input_dim, *hidden, latent_dim])
         self.decoder = mlp([latent_dim, *reversed(hidden), input_dim])
         self.codebooks = nn.ParameterList([nn.Parameter(torch.randn(c, latent_dim) * 0.01) for c in codebook_sizes])
+        # per-dimension standardisation of the input, fitted on the training data: unit-norm text
+        # embeddings have tiny per-dimension variance, which otherwise lets the quantization losses
+        # dominate and collapse the latent space onto a few codes
+        self.register_buffer("x_mean", torch.zeros(input_dim))
+        self.register_buffer("x_std", torch.ones(input_dim))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.x_mean) / self.x_std
+
+    def unstandardize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.x_std + self.x_mean
 
     def quantize(self, z: torch.Tensor, distances: list[Distance]):
         """Residual quantization with losses. Returns z_q (straight-through), codes, losses, level inputs."""
@@ -147,6 +158,9 @@ class RQVAE(Quantizer):
         self.module = self._build(x_np.shape[1])
         self.fitted_ = {"input_dim": int(x_np.shape[1]), "train_rows": int(len(x_np))}
         xt = torch.from_numpy(x_np).to(self.device)
+        self.module.x_mean.copy_(xt.mean(0))
+        self.module.x_std.copy_(xt.std(0).clamp_min(1e-6) if len(xt) > 1 else torch.ones_like(xt[0]))
+        xt = self.module.standardize(xt)
         if p["kmeans_init"]:
             self._kmeans_init(xt, gen)
         opt = torch.optim.Adam(self.module.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
@@ -195,7 +209,8 @@ class RQVAE(Quantizer):
     def latents(self, x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
         self._check_fitted()
         x = as_float32(x)
-        out = [self.module.encoder(torch.from_numpy(x[i:i + chunk]).to(self.device)).cpu().numpy()
+        m = self.module
+        out = [m.encoder(m.standardize(torch.from_numpy(x[i:i + chunk]).to(self.device))).cpu().numpy()
                for i in range(0, len(x), chunk)]
         return np.concatenate(out)
 
@@ -210,7 +225,7 @@ class RQVAE(Quantizer):
         self._check_fitted()
         c = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=self.device)
         q = sum(cb[c[:, level]] for level, cb in enumerate(self.module.codebooks))
-        return self.module.decoder(q).cpu().numpy()
+        return self.module.unstandardize(self.module.decoder(q)).cpu().numpy()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check_fitted()

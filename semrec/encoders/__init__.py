@@ -1,0 +1,1 @@
+"""Encoders: item content -> dense vectors."""

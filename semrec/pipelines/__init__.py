@@ -1,0 +1,1 @@
+"""Pipelines: the Ray programs behind the jobs in jobs/."""

@@ -1,0 +1,75 @@
+"""Ray start-up and the standard job entry point (settings, logging, clean errors, exit codes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from semrec.config import load_settings
+from semrec.config.settings import JobSettings, RaySettings
+from semrec.errors import SemrecError
+
+log = logging.getLogger("semrec")
+
+
+def init_ray(rs: RaySettings) -> None:
+    """Connect to ``rs.address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else start an in-process Ray."""
+    # 2-core machines: 32 footer-reader actors make small-file reads crawl (shared/notes).
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = rs.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=rs.num_cpus, include_dashboard=False,
+                 object_store_memory=rs.object_store_mb * 1024 * 1024, log_to_driver=True)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    log.info("ray: %s CPUs, address %s", ray.cluster_resources().get("CPU"), address or "in-process")
+
+
+def find_semrec_error(exc: BaseException) -> SemrecError | None:
+    """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, chained causes)."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SemrecError):
+            return e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+    return None
+
+
+def job_main(settings_cls: type[JobSettings], run: Callable[[JobSettings], object], prog: str,
+             argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(settings_cls, argv, prog=prog)
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+        run(settings)
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- expected errors become one clear line and an exit code
+        err = find_semrec_error(e)
+        if err is None:
+            raise
+        print(f"{prog}: error: {_user_message(err)}\nnothing was published", file=sys.stderr)
+        return err.exit_code
+
+
+def _user_message(err: SemrecError) -> str:
+    # Ray's dynamic RayTaskError(InputError) subclasses keep the original args
+    return str(err.args[0]) if err.args else str(err)

@@ -1,0 +1,74 @@
+"""Class-based Ray Data UDFs: each loads its model once per actor in ``__init__``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from semrec.errors import InputError
+
+
+def embedding_matrix(batch: pa.Table, where: str = "item_embeddings") -> np.ndarray:
+    """(n, d) float32 from an ``embedding`` column (fixed_size_list or Ray's tensor extension)."""
+    col = batch.column("embedding").combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    else:  # ArrowTensorArray and friends
+        x = np.asarray(col.to_numpy(zero_copy_only=False))
+        x = np.stack(x) if x.dtype == object else x
+    if col.null_count:
+        raise InputError(f"{where}: null embedding for item_id {batch.column('item_id')[col.is_null().index(True).as_py()]}")
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        ids = batch.column("item_id").to_numpy()[bad][:5].tolist()
+        raise InputError(f"{where}: NaN or inf in the embeddings of item_id {ids} ({int(bad.sum())} rows in this batch)")
+    return x
+
+
+def embeddings_array(x: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListArray:
+    flat = pa.array(x.astype(np.float16 if dtype == "float16" else np.float32, copy=False).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
+
+
+class EmbedItems:
+    """items batch -> (item_id, embedding fixed_size_list)."""
+
+    def __init__(self, model_path: str | None, text_fields: list[str], empty_text: str, batch_size: int,
+                 max_length: int, dtype: str, device: str, threads: int | None = None):
+        from semrec.encoders.text import SentenceEncoder
+
+        self.encoder = SentenceEncoder(model_path, device=device, max_length=max_length, batch_size=batch_size,
+                                       threads=threads)
+        self.text_fields, self.empty_text, self.dtype = text_fields, empty_text, dtype
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from semrec.data.items import compose_texts
+
+        texts = compose_texts(batch, self.text_fields, self.empty_text)
+        emb = self.encoder.encode(texts)
+        return pa.table({"item_id": batch.column("item_id").cast(pa.int64()),
+                         "embedding": embeddings_array(emb, self.dtype)})
+
+
+class EncodeCodes:
+    """item_embeddings batch -> (item_id, c0..c{L-1}) with the fitted quantizer loaded once per actor."""
+
+    def __init__(self, quantizer_dir: str, threads: int | None = None):
+        import torch
+
+        from semrec.quant import load_quantizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.q = load_quantizer(Path(quantizer_dir))
+        self.types = self.q.code_dtypes()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        codes = self.q.encode(embedding_matrix(batch))
+        cols = {"item_id": batch.column("item_id").cast(pa.int64())}
+        for level, t in enumerate(self.types):
+            cols[f"c{level}"] = pa.array(codes[:, level].astype(t.to_pandas_dtype()), type=t)
+        return pa.table(cols)

@@ -1,0 +1,1 @@
+"""Tokenizers: from quantizer codes to unique token sequences (collision suffixes, partitioning)."""
