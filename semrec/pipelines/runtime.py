@@ -33,6 +33,7 @@ def init_ray(rs: RaySettings) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
+    ctx.raise_original_map_exception = True  # our InputErrors reach the driver as themselves
     log.info("ray: %s CPUs, address %s", ray.cluster_resources().get("CPU"), address or "in-process")
 
 

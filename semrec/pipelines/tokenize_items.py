@@ -123,6 +123,13 @@ def run(s: TokenizeItemsSettings) -> dict:
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    # cheap checks (schemas, footers) before Ray starts, so bad input fails in a second
+    if s.items is not None:
+        n = validate_items(parquet_files(s.items, "items"))
+    elif s.embeddings is not None:
+        n, dim = validate_embeddings(parquet_files(s.embeddings, "embeddings"))
+    if s.sample is None and n == 0:
+        raise InputError(f"{s.items or s.embeddings}: zero rows")
     init_ray(s.ray)
     rs = s.ray
     with staged_output(s.output) as stage:
@@ -138,8 +145,6 @@ def run(s: TokenizeItemsSettings) -> dict:
         if items_path is not None:
             files = parquet_files(items_path, "items")
             n = validate_items(files)
-            if n == 0:
-                raise InputError(f"{items_path}: zero rows")
             partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
             items_ds = ray.data.read_parquet([str(f) for f in files])
             check_unique_ids(items_ds, work / "ids", partitions, str(items_path))
@@ -149,7 +154,7 @@ def run(s: TokenizeItemsSettings) -> dict:
             items_ds.map_batches(
                 EmbedItems, batch_format="pyarrow", batch_size=max(e.batch_size * 4, 256),
                 fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
-                                     e.batch_size, e.max_length, e.dtype, e.device, max(1, int(rs.cpus_per_actor))),
+                                     e.batch_size, e.max_length, e.dtype, e.device, max(1, math.ceil(rs.cpus_per_actor))),
                 compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
                 num_gpus=rs.gpus_per_actor or None,
             ).write_parquet(str(emb_dir))
@@ -160,9 +165,6 @@ def run(s: TokenizeItemsSettings) -> dict:
             dim = check_embedding_schema(read_schema(emb_files[0]), str(emb_files[0]))
         else:
             emb_files = parquet_files(emb_path, "embeddings")
-            n, dim = validate_embeddings(emb_files)
-            if n == 0:
-                raise InputError(f"{emb_path}: zero rows")
             partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
             check_unique_ids(ray.data.read_parquet([str(f) for f in emb_files]), work / "ids", partitions,
                              str(emb_path))
@@ -186,7 +188,7 @@ def run(s: TokenizeItemsSettings) -> dict:
         # assign every item (streaming, one quantizer per actor) into hash partitions of the code tuple
         t0 = time.perf_counter()
         codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
-                                      fn_constructor_args=(str(qdir), max(1, int(rs.cpus_per_actor))),
+                                      fn_constructor_args=(str(qdir), max(1, math.ceil(rs.cpus_per_actor))),
                                       compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor)
         hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)
         timings["encode_s"] = time.perf_counter() - t0
