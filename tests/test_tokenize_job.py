@@ -144,12 +144,14 @@ def _bad_cases(tmp: Path):
         "zero rows": (["--embeddings", tmp / "empty.parquet"], "zero rows"),
         "unreadable file": (["--embeddings", garbage], "cannot read Parquet"),
         "missing input": (["--embeddings", tmp / "nope"], "not found"),
+        "actor pool would starve readers": (["--embeddings", tmp / "ok.parquet", "--ray.cpus_per_actor", "1.5"],
+                                            "the pipeline would hang"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing column", "wrong dtype", "nan in fit sample", "nan outside fit sample",
                                   "empty text", "duplicate ids", "codebook too large", "zero rows",
-                                  "unreadable file", "missing input"])
+                                  "unreadable file", "missing input", "actor pool would starve readers"])
 def test_bad_input_fails_clearly_and_keeps_previous_output(ray_local, tmp_path, capsys, case):
     args, message = _bad_cases(tmp_path)[case]
     out = tmp_path / "tokens"

@@ -23,7 +23,10 @@ class RaySettings(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the in-process Ray (default: all)")
     object_store_mb: int = Field(1000, ge=100, description="object store size of the in-process Ray, MB")
     actors: int = Field(1, ge=1, description="actor-pool size of the embedding/encoding stages")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (keep < total so readers run)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; actors x cpus_per_actor must "
+                                                         "leave >= 1 CPU for Ray Data's read/write tasks")
+    threads: int | None = Field(None, ge=1, description="torch/faiss threads per actor (default: "
+                                                        "ceil(cpus_per_actor))")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per embedding actor on a GPU cluster")
     batch_size: int = Field(8192, ge=1, description="rows per batch of the encoding stage")
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from semrec.config import load_settings
 from semrec.config.settings import JobSettings, RaySettings
-from semrec.errors import SemrecError
+from semrec.errors import ConfigError, SemrecError
 
 log = logging.getLogger("semrec")
 
@@ -35,6 +35,19 @@ def init_ray(rs: RaySettings) -> None:
     ctx.enable_progress_bars = True
     ctx.raise_original_map_exception = True  # our InputErrors reach the driver as themselves
     log.info("ray: %s CPUs, address %s", ray.cluster_resources().get("CPU"), address or "in-process")
+
+
+def check_actor_budget(rs: RaySettings) -> None:
+    """Refuse actor pools that would take every CPU: Ray Data's read tasks (1 CPU each) would then
+    never be scheduled and the pipeline would hang (measured on 2-core machines)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    need = rs.actors * rs.cpus_per_actor
+    if total and need > total - 1:
+        raise ConfigError(f"ray.actors x ray.cpus_per_actor = {need:g} CPUs leaves less than 1 of the cluster's "
+                          f"{total:g} CPUs for Ray Data's read/write tasks (the pipeline would hang); lower "
+                          f"--ray.cpus_per_actor or --ray.actors, and use --ray.threads for more threads per actor")
 
 
 def find_semrec_error(exc: BaseException) -> SemrecError | None:

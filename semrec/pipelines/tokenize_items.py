@@ -119,7 +119,7 @@ def _suffix_partition(k: int, directory: Path, out_path: str, codebook_sizes: li
 def run(s: TokenizeItemsSettings) -> dict:
     import ray.data
 
-    from semrec.pipelines.runtime import init_ray
+    from semrec.pipelines.runtime import check_actor_budget, init_ray
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -132,6 +132,8 @@ def run(s: TokenizeItemsSettings) -> dict:
         raise InputError(f"{s.items or s.embeddings}: zero rows")
     init_ray(s.ray)
     rs = s.ray
+    check_actor_budget(rs)
+    threads = rs.threads or max(1, math.ceil(rs.cpus_per_actor))
     with staged_output(s.output) as stage:
         work = stage / "_work"
         items_path, emb_path = s.items, s.embeddings
@@ -154,7 +156,7 @@ def run(s: TokenizeItemsSettings) -> dict:
             items_ds.map_batches(
                 EmbedItems, batch_format="pyarrow", batch_size=max(e.batch_size * 4, 256),
                 fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
-                                     e.batch_size, e.max_length, e.dtype, e.device, max(1, math.ceil(rs.cpus_per_actor))),
+                                     e.batch_size, e.max_length, e.dtype, e.device, threads),
                 compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
                 num_gpus=rs.gpus_per_actor or None,
             ).write_parquet(str(emb_dir))
@@ -188,7 +190,7 @@ def run(s: TokenizeItemsSettings) -> dict:
         # assign every item (streaming, one quantizer per actor) into hash partitions of the code tuple
         t0 = time.perf_counter()
         codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
-                                      fn_constructor_args=(str(qdir), max(1, math.ceil(rs.cpus_per_actor))),
+                                      fn_constructor_args=(str(qdir), threads),
                                       compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor)
         hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)
         timings["encode_s"] = time.perf_counter() - t0
