@@ -42,7 +42,7 @@ def _stop_cluster(marks: list[str]) -> None:
                 live.append(p)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(live, timeout=10)
+    _, alive = psutil.wait_procs(live, timeout=3)
     for p in alive:
         p.kill()
 
@@ -56,7 +56,11 @@ def head_node(tmp_path_factory):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
            "--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           "--ray-client-server-port", str(_free_port())]
+           # every port of its own: an in-process Ray of the same test session holds the defaults
+           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+           f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"http://127.0.0.1:{dash}"
@@ -71,12 +75,15 @@ def test_ray_job_submit_tokenizes_on_a_head_node(head_node, tmp_path):
     write_table(embeddings_table(x), tmp_path / "emb.parquet")
     out = tmp_path / "tokens"
     client = JobSubmissionClient(head_node)
-    job = client.submit_job(
-        entrypoint=(f"python jobs/tokenize_items.py --embeddings {tmp_path / 'emb.parquet'} --output {out} "
-                    "--quantizer.kind rkmeans --quantizer.codebook_size 16 --no-plots --ray.cpus_per_actor 0.5"),
-        runtime_env={"working_dir": str(ROOT), "env_vars": {"RAY_AUTH_MODE": "disabled"},
-                     "excludes": [".venv", ".git", "out", "*.egg-info", ".benchmarks", "__pycache__"]},
-    )
+    deadline = time.time() + 120
+    while True:  # the head's job agent may need a few seconds after `ray start` returns
+        try:
+            job = submit(client, tmp_path, out)
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
     deadline = time.time() + 300
     while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, "job did not finish in 5 minutes"
@@ -88,3 +95,12 @@ def test_ray_job_submit_tokenizes_on_a_head_node(head_node, tmp_path):
     assert t.num_rows == 2000
     keys = np.stack([t.column(c).to_numpy() for c in ("c0", "c1", "c2", "suffix")], axis=1)
     assert len(np.unique(keys, axis=0)) == 2000
+
+
+def submit(client, tmp_path, out):
+    return client.submit_job(
+        entrypoint=(f"python jobs/tokenize_items.py --embeddings {tmp_path / 'emb.parquet'} --output {out} "
+                    "--quantizer.kind rkmeans --quantizer.codebook_size 16 --no-plots --ray.cpus_per_actor 0.5"),
+        runtime_env={"working_dir": str(ROOT), "env_vars": {"RAY_AUTH_MODE": "disabled"},
+                     "excludes": [".venv", ".git", "out", "*.egg-info", ".benchmarks", "__pycache__"]},
+    )
