@@ -12,7 +12,8 @@ from semrec.data.adapters import beauty_items
 from semrec.data.items import compose_texts
 from semrec.encoders.text import SentenceEncoder
 from semrec.quant import PCAKMeans, RQVAE, ResidualKMeans
-from conftest import shared, write_result
+from helpers import shared
+from benchlib import write_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 SEEDS = (0, 1, 2)

@@ -11,7 +11,7 @@ from semrec.data.items import compose_texts
 from semrec.data.synthetic import write_catalogue
 from semrec.encoders.text import SentenceEncoder
 from semrec.pipelines.udfs import EmbedItems
-from conftest import write_result
+from benchlib import write_result
 
 N = 3000
 

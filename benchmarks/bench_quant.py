@@ -9,7 +9,8 @@ import pytest
 
 from semrec.quant import RQVAE, ResidualKMeans
 from semrec.quant.distances import DISTANCES
-from conftest import clustered, write_result
+from helpers import clustered
+from benchlib import write_result
 
 N = 500_000
 D = 64

@@ -9,7 +9,7 @@ import pytest
 
 from semrec.data.synthetic import write_catalogue
 from semrec.pipelines.tokenize_items import main
-from conftest import PeakRSS, write_result
+from benchlib import PeakRSS, write_result
 
 GiB = 1024**3
 MEASURED: dict[int, dict] = {}

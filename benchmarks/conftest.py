@@ -1,64 +1,12 @@
-"""Shared helpers of the benchmark suites (run: `.venv/bin/python -m pytest benchmarks -s`)."""
+"""Benchmark suites: `.venv/bin/python -m pytest benchmarks -s` (tables land in benchmarks/results/)."""
 
 import os
 import sys
-import threading
-import time
 from pathlib import Path
-
-import psutil
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
 
-from conftest import SHARED_DATA, clustered, embeddings_table, ray_local, shared  # noqa: E402,F401
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (Ray's raylet, workers, actors)
-    every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes."""
-
-    def __init__(self, interval: float = 0.1):
-        self.interval = interval
-        self.peak_total = 0
-        self.peak_single = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    rss = p.memory_info().rss
-                except psutil.Error:
-                    continue
-                total += rss
-                self.peak_single = max(self.peak_single, rss)
-            self.peak_total = max(self.peak_total, total)
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def write_result(name: str, markdown: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
-    print("\n" + markdown)
-
-
-@pytest.fixture()
-def peak_rss():
-    return PeakRSS
+from helpers import ray_local  # noqa: E402,F401  (session fixture)

@@ -8,7 +8,7 @@ from semrec.data import adapters
 from semrec.errors import InputError
 from semrec.pipelines.prepare_data import main as prepare_main
 from semrec.schemas import INTERACTIONS, ITEMS, USER_SEQUENCES, check_schema
-from conftest import shared
+from helpers import shared
 
 
 def _check(tables):

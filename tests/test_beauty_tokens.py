@@ -9,7 +9,7 @@ import pytest
 from semrec.data.adapters import beauty_items
 from semrec.data.io import write_table
 from semrec.pipelines.tokenize_items import main
-from conftest import shared
+from helpers import shared
 
 pytestmark = pytest.mark.realdata
 

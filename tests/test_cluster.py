@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semrec.data.io import write_table
-from conftest import ROOT, clustered, embeddings_table
+from helpers import ROOT, clustered, embeddings_table
 
 pytestmark = pytest.mark.cluster
 RAY = str(Path(sys.executable).parent / "ray")

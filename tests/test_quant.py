@@ -7,7 +7,7 @@ from semrec.quant import PCAKMeans, QUANTIZERS, RQVAE, ResidualKMeans, load_quan
 from semrec.quant import metrics
 from semrec.quant.distances import DISTANCES, resolve_distances
 from semrec.quant.residual import assign_fast, assign_reference
-from conftest import clustered
+from helpers import clustered
 
 
 def test_hybrid_preset_is_cosine_then_euclidean():

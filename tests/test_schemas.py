@@ -5,7 +5,7 @@ import pytest
 
 from semrec import schemas
 from semrec.errors import InputError
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_code_type_widths():

@@ -13,7 +13,7 @@ import pytest
 from semrec.data.io import write_table
 from semrec.pipelines.tokenize_items import main
 from semrec.schemas import decode_metadata
-from conftest import ROOT, clustered, embeddings_table
+from helpers import ROOT, clustered, embeddings_table
 
 FAST_RQVAE = ["--quantizer.kind", "rqvae", "--quantizer.codebook_size", "32", "--quantizer.latent_dim", "8",
               "--quantizer.hidden", "[64]", "--quantizer.epochs", "5", "--ray.batch_size", "700"]
