@@ -158,3 +158,78 @@ class PrepareDataSettings(JobSettings):
     rows_per_shard: int = Field(1_000_000, ge=1, description="synthetic: rows per Parquet file / Ray task")
     seed: int = Field(0, description="synthetic: seed")
     ray: RaySettings = RaySettings()
+
+
+class SeqRecModelSettings(Section):
+    """SASRec and the item representation it uses."""
+
+    mode: Literal["id", "semantic", "unified", "joint"] = Field(
+        "id", description="id | semantic (token codes) | unified (codes + low-dim ID) | joint (RQ-VAE trained "
+                          "with the recommender from item text embeddings)")
+    hidden: int = Field(64, ge=8, description="hidden size d")
+    layers: int = Field(2, ge=1, description="transformer blocks")
+    heads: int = Field(2, ge=1, description="attention heads")
+    max_len: int = Field(50, ge=2, description="max sequence length")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout (S3-Rec fine-tuning uses 0.5)")
+    id_dim: int = Field(8, ge=0, description="unified/joint: ID-embedding width inside d")
+    use_suffix: bool = Field(False, description="semantic/unified: add the collision suffix as one more code level")
+    distance: str | None = Field(None, description="joint: per-level distance of the RQ-VAE (default: the fitted "
+                                                   "quantizer's); euclidean | cosine | hybrid | comma list")
+    beta: float = Field(0.25, ge=0, description="joint: commitment weight")
+
+    @model_validator(mode="after")
+    def _dims(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.mode in ("unified", "joint") and self.id_dim >= self.hidden:
+            raise ValueError(f"id_dim={self.id_dim} must be smaller than hidden={self.hidden}")
+        return self
+
+
+class TrainSettings(Section):
+    epochs: int = Field(200, ge=1, description="max epochs (early stopping usually ends sooner)")
+    batch_size: int = Field(256, ge=1, description="global batch size (split across workers)")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    patience: int = Field(10, ge=1, description="epochs without a better validation NDCG@10 before stopping")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo on CPU, NCCL on GPU)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker")
+    threads: int | None = Field(None, ge=1, description="torch threads per worker (default: ceil(cpus_per_worker))")
+    seed: int = Field(42, description="seed of init, shuffling, negatives and dropout")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
+
+
+class EvalSettings(Section):
+    negatives: int = Field(99, ge=1, description="sampled negatives per user")
+    negatives_file: Path | None = Field(None, description="official S3-Rec <name>_sample.txt (e.g. LastFM)")
+    negatives_dir: Path = Field(Path("out/negatives"), description="where drawn negatives are frozen per (dataset, seed)")
+    negatives_seed: int = Field(12345, description="seed of the frozen negatives (independent of training)")
+    ties: Literal["pessimistic", "optimistic"] = Field("pessimistic", description="tie-breaking of equal scores")
+    full_ranking: bool = Field(True, description="also report full-ranking HIT/NDCG@10/20")
+
+
+class TrainSeqRecSettings(JobSettings):
+    """Train SASRec with ID, semantic, unified or joint item tokens on Ray Train; evaluate leave-one-out
+    with 99 sampled negatives (+ full ranking); publish metrics, a results table and the model."""
+
+    sequences: Path = Field(..., description="user_sequences Parquet (prepare_data.py --format s3rec ...)")
+    tokens: Path | None = Field(None, description="tokenize_items output folder (token_table/, quantizer/, "
+                                                  "item_embeddings/); needed by semantic/unified/joint")
+    dataset: str | None = Field(None, description="dataset name for the negatives cache (default: folder name)")
+    n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
+    output: Path = Field(Path("out/seqrec"), description="output folder (replaced atomically on success)")
+    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
+    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings); "
+                                                   "a rerun with the same name resumes from its latest checkpoint")
+    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
+    model: SeqRecModelSettings = SeqRecModelSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _tokens_needed(self):
+        if self.model.mode != "id" and self.tokens is None:
+            raise ValueError(f"model.mode={self.model.mode} needs --tokens (a tokenize_items output folder)")
+        return self

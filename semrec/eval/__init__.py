@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics for sampled-candidate and full-ranking protocols."""

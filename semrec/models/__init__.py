@@ -1,0 +1,1 @@
+"""Recommendation models that consume item ids and semantic tokens."""

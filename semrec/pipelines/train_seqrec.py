@@ -1,0 +1,166 @@
+"""Train and evaluate SASRec with ID / semantic / unified / joint item tokens on Ray Train.
+
+Output folder (published atomically):
+    metrics.json      final test and validation metrics, per-epoch history, wall time, token sizes
+    results.md        one-row markdown results table
+    model/            config.json + model.safetensors (the best epoch's weights)
+    effective_config.json
+Checkpoints live under --run_dir/<run_name>/ (one per epoch); a rerun with the same run name
+resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semrec.config import write_effective
+from semrec.config.settings import TrainSeqRecSettings
+from semrec.data.io import staged_output
+from semrec.data.sequences import frozen_negatives, load_sequences, s3rec_negatives
+from semrec.errors import InputError
+
+log = logging.getLogger("semrec.train_seqrec")
+
+
+def run_name(s: TrainSeqRecSettings) -> str:
+    if s.run_name:
+        return s.run_name
+    key = json.dumps({"sequences": str(Path(s.sequences).absolute()), "tokens": str(s.tokens),
+                      "model": s.model.model_dump(mode="json"), "train": s.train.model_dump(mode="json")},
+                     sort_keys=True)
+    return f"seqrec-{s.model.mode}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def latest_checkpoint(run_dir: Path):
+    """The checkpoint of the highest epoch under ``run_dir`` (our own checkpoint.json names the epoch)."""
+    import ray.train
+
+    best = None
+    for meta in Path(run_dir).glob("**/checkpoint.json"):
+        epoch = json.loads(meta.read_text()).get("epoch", -1)
+        if best is None or epoch > best[0]:
+            best = (epoch, meta.parent)
+    return ray.train.Checkpoint.from_directory(str(best[1])) if best else None
+
+
+def token_sizes(s: TrainSeqRecSettings, n_items: int, codebook_sizes: list[int] | None) -> dict:
+    """Parameter counts of the item representation (paper Table 5 arithmetic)."""
+    d, mode = s.model.hidden, s.model.mode
+    id_rows = (n_items + 1) if mode == "id" else ((n_items + 1) if mode in ("unified", "joint") and s.model.id_dim else 0)
+    id_dims = d if mode == "id" else (s.model.id_dim if mode in ("unified", "joint") else 0)
+    sem_d = d if mode == "semantic" else d - s.model.id_dim
+    sem = sum(codebook_sizes) * sem_d if codebook_sizes and mode != "id" else 0
+    return {"id": id_rows * id_dims, "semantic": sem, "total": id_rows * id_dims + sem,
+            "id_only_baseline": (n_items + 1) * d}
+
+
+def run(s: TrainSeqRecSettings) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from semrec.pipelines.runtime import init_ray
+    from semrec.train.seqrec import load_assets, train_loop
+
+    t0 = time.perf_counter()
+    cfg = json.loads(s.model_dump_json())
+    cfg["train"]["threads"] = s.train.threads or max(1, math.ceil(s.train.cpus_per_worker))
+    # validate everything a worker will load before starting Ray (clear errors, nothing published)
+    assets = load_assets(cfg)
+    seqs = assets.seqs
+    dataset = s.dataset or Path(s.sequences).resolve().parent.name or Path(s.sequences).stem
+    if s.eval.negatives_file:
+        negatives = s3rec_negatives(s.eval.negatives_file, seqs)
+        source = str(s.eval.negatives_file)
+    else:
+        negatives = frozen_negatives(s.eval.negatives_dir, dataset, seqs, s.eval.negatives, s.eval.negatives_seed)
+        source = f"{s.eval.negatives_dir}/{dataset}-seed{s.eval.negatives_seed}-k{s.eval.negatives}.parquet"
+    init_ray(s.ray)
+    total_cpus = ray.cluster_resources().get("CPU", 0)
+    if s.train.num_workers * s.train.cpus_per_worker > total_cpus:
+        from semrec.errors import ConfigError
+
+        raise ConfigError(f"train.num_workers x train.cpus_per_worker = {s.train.num_workers * s.train.cpus_per_worker:g} "
+                          f"CPUs but the cluster has {total_cpus:g}: lower train.cpus_per_worker (e.g. 0.5)")
+    name = run_name(s)
+    storage = Path(s.run_dir).absolute()
+    with staged_output(s.output) as stage:
+        neg_path = stage / "_negatives.npy"
+        np.save(neg_path, negatives)
+        cfg.update({"negatives_npy": str(neg_path), "ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
+        resume = latest_checkpoint(storage / name) if s.resume else None
+        if resume:
+            log.info("resuming %s from %s", name, resume.path)
+        trainer = TorchTrainer(
+            train_loop, train_loop_config=cfg,
+            scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
+                                         resources_per_worker={"CPU": s.train.cpus_per_worker}),
+            run_config=RunConfig(name=name, storage_path=str(storage),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            resume_from_checkpoint=resume)
+        result = trainer.fit()
+        final = result.metrics or {}
+        if not final.get("done"):
+            raise RuntimeError(f"training ended without final metrics: {final}")
+        neg_path.unlink()
+        metrics = {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}
+        report = {"dataset": dataset, "mode": s.model.mode, "users": len(seqs), "items": seqs.n_items,
+                  "negatives": source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
+                  "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
+                  "workers": s.train.num_workers, "run_name": name, "metrics": metrics,
+                  "token_size": token_sizes(s, seqs.n_items, assets.codebook_sizes or _joint_sizes(assets))}
+        (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        (stage / "results.md").write_text(results_table([report]))
+        _save_model(result.checkpoint, stage / "model", cfg)
+        write_effective(s, stage / "effective_config.json")
+    print(results_table([report]))
+    print(f"metrics: {Path(s.output).absolute() / 'metrics.json'}")
+    return report
+
+
+def _joint_sizes(assets) -> list[int] | None:
+    if assets.quantizer_dir is None:
+        return None
+    from semrec.quant import load_quantizer
+
+    return load_quantizer(assets.quantizer_dir).codebook_sizes
+
+
+def _save_model(checkpoint, out: Path, cfg: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir()
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state["best_model"].items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"architecture": "SASRec", **{k: cfg[k] for k in ("model", "sequences", "tokens")}},
+                                                indent=2, default=str) + "\n")
+
+
+COLUMNS = ["HIT@1", "HIT@5", "NDCG@5", "HIT@10", "NDCG@10", "MRR", "full_HIT@10", "full_NDCG@10", "full_HIT@20",
+           "full_NDCG@20"]
+
+
+def results_table(reports: list[dict]) -> str:
+    head = "| dataset | mode | " + " | ".join(COLUMNS) + " | item params | best epoch | wall s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    for r in reports:
+        vals = [r["metrics"].get(f"test_{c}") for c in COLUMNS]
+        cells = " | ".join("-" if v is None else f"{v:.4f}" for v in vals)
+        lines.append(f"| {r['dataset']} | {r['mode']} | {cells} | {r['token_size']['total']:,} | {r['best_epoch']} | "
+                     f"{r['wall_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from semrec.pipelines.runtime import job_main
+
+    return job_main(TrainSeqRecSettings, run, "train_seqrec", argv)

@@ -1,0 +1,1 @@
+"""Training loops that run on Ray Train."""
