@@ -216,6 +216,8 @@ class TrainSeqRecSettings(JobSettings):
     sequences: Path = Field(..., description="user_sequences Parquet (prepare_data.py --format s3rec ...)")
     tokens: Path | None = Field(None, description="tokenize_items output folder (token_table/, quantizer/, "
                                                   "item_embeddings/); needed by semantic/unified/joint")
+    embeddings: Path | None = Field(None, description="joint: item_embeddings Parquet (default: "
+                                                      "<tokens>/item_embeddings)")
     dataset: str | None = Field(None, description="dataset name for the negatives cache (default: folder name)")
     n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
     output: Path = Field(Path("out/seqrec"), description="output folder (replaced atomically on success)")

@@ -67,13 +67,14 @@ def run(s: TrainSeqRecSettings) -> dict:
     from ray.train.torch import TorchTrainer
 
     from semrec.pipelines.runtime import init_ray
-    from semrec.train.seqrec import load_assets, train_loop
+    from semrec.train.seqrec import build_model, load_assets, train_loop
 
     t0 = time.perf_counter()
     cfg = json.loads(s.model_dump_json())
     cfg["train"]["threads"] = s.train.threads or max(1, math.ceil(s.train.cpus_per_worker))
     # validate everything a worker will load before starting Ray (clear errors, nothing published)
     assets = load_assets(cfg)
+    build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before Ray starts
     seqs = assets.seqs
     dataset = s.dataset or Path(s.sequences).resolve().parent.name or Path(s.sequences).stem
     if s.eval.negatives_file:

@@ -10,6 +10,7 @@ a run resumed from a checkpoint replays exactly what an uninterrupted run would 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -76,8 +77,8 @@ def load_token_codes(tokens: Path, n_items: int, use_suffix: bool) -> tuple[np.n
     return codes, sizes
 
 
-def load_text_embeddings(tokens: Path, n_items: int) -> np.ndarray:
-    files = parquet_files(Path(tokens) / "item_embeddings", "item embeddings")
+def load_text_embeddings(path: Path, n_items: int) -> np.ndarray:
+    files = parquet_files(path, "item embeddings")
     t = pq.read_table(files)
     ids = t.column("item_id").to_numpy()
     col = t.column("embedding").combine_chunks()
@@ -89,7 +90,7 @@ def load_text_embeddings(tokens: Path, n_items: int) -> np.ndarray:
     covered[ids[keep]] = True
     missing = np.flatnonzero(~covered[1:]) + 1
     if len(missing):
-        raise InputError(f"{tokens}/item_embeddings does not cover item ids {missing[:5].tolist()}")
+        raise InputError(f"{path} does not cover item ids {missing[:5].tolist()}")
     return out
 
 
@@ -100,7 +101,8 @@ def load_assets(cfg: dict) -> Assets:
     if m["mode"] in ("semantic", "unified"):
         assets.codes, assets.codebook_sizes = load_token_codes(Path(cfg["tokens"]), seqs.n_items, m["use_suffix"])
     if m["mode"] == "joint":
-        assets.text = load_text_embeddings(Path(cfg["tokens"]), seqs.n_items)
+        assets.text = load_text_embeddings(Path(cfg.get("embeddings") or Path(cfg["tokens"]) / "item_embeddings"),
+                                           seqs.n_items)
         assets.quantizer_dir = Path(cfg["tokens"]) / "quantizer"
     return assets
 
@@ -126,7 +128,12 @@ def build_model(cfg: dict, assets: Assets) -> SASRec:
             raise InputError(f"{assets.quantizer_dir}: quantizer input dim {q.fitted_['input_dim']} != item "
                              f"embedding dim {assets.text.shape[1]}")
         spec = m["distance"] or q.distance_names
-        dist = resolve_distances(spec if "," not in str(spec) else str(spec).split(","), q.levels)
+        if isinstance(spec, str) and "," in spec:
+            spec = [x.strip() for x in spec.split(",")]
+        try:
+            dist = resolve_distances(spec, q.levels)
+        except ValueError as e:
+            raise InputError(f"model.distance: {e}") from None
         items = UnifiedItems(JointSemanticItems(torch.from_numpy(assets.text), q.module, dist, d - m["id_dim"],
                                                 beta=m["beta"]), n, m["id_dim"])
     return SASRec(items, hidden=d, layers=m["layers"], heads=m["heads"], max_len=m["max_len"], dropout=m["dropout"])
@@ -229,11 +236,12 @@ def train_loop(config: dict) -> None:
             bad += 1
         metrics.update({"best_valid_NDCG@10": best, "best_epoch": best_epoch})
         stop = bad >= t["patience"] or epoch == t["epochs"] - 1
-        if stop:
-            _unwrap(model).load_state_dict(best_state)
-            test = evaluate(_unwrap(model), seqs, negatives, "test", max_len, config["ties"], config["full_ranking"],
+        if stop:  # final metrics of the best epoch's weights, on a copy (the checkpoint keeps the live state)
+            best_model = copy.deepcopy(_unwrap(model))
+            best_model.load_state_dict(best_state)
+            test = evaluate(best_model, seqs, negatives, "test", max_len, config["ties"], config["full_ranking"],
                             device=device)
-            valid = evaluate(_unwrap(model), seqs, negatives, "valid", max_len, config["ties"],
+            valid = evaluate(best_model, seqs, negatives, "valid", max_len, config["ties"],
                              config["full_ranking"], device=device)
             metrics.update({f"test_{k}": v for k, v in test.items()})
             metrics.update({f"final_valid_{k}": v for k, v in valid.items()})

@@ -1,0 +1,166 @@
+"""train_seqrec on Ray Train: modes, resume after a kill, 2 workers vs 1, bad input, a Beauty slice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from semrec.data.io import write_table
+from semrec.data.synthetic import World, item_shard, sequence_shard
+from semrec.pipelines.train_seqrec import main
+from helpers import ROOT, shared
+
+N_ITEMS = 400
+FAST = ["--model.hidden", "32", "--model.max_len", "20", "--model.dropout", "0.2", "--train.batch_size", "128",
+        "--eval.full_ranking"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory, ray_local):
+    """600 users over 400 topic-structured items, and a token table for them from tokenize_items."""
+    d = tmp_path_factory.mktemp("seqrec")
+    world = World(seed=3, topics=16, embedding_dim=32)
+    write_table(sequence_shard(world, 1, 601, N_ITEMS, mean_length=10), d / "seq.parquet")
+    emb = item_shard(world, 1, N_ITEMS + 1, with_text=False).select(["item_id", "embedding"])
+    write_table(emb, d / "emb.parquet")
+    from semrec.pipelines.tokenize_items import main as tokenize
+
+    assert tokenize(["--embeddings", str(d / "emb.parquet"), "--output", str(d / "tokens"), "--no-plots",
+                     "--quantizer.codebook_size", "16", "--quantizer.latent_dim", "16", "--quantizer.hidden", "[32]",
+                     "--quantizer.epochs", "20"]) == 0
+    return d
+
+
+def _args(d: Path, out: Path, *extra) -> list[str]:
+    return ["--sequences", str(d / "seq.parquet"), "--output", str(out), "--run_dir", str(d / "runs"),
+            "--eval.negatives_dir", str(d / "negatives"), "--dataset", "synthetic", *FAST, *map(str, extra)]
+
+
+@pytest.mark.parametrize("mode", ["id", "semantic", "unified", "joint"])
+def test_modes_train_and_publish(synthetic, tmp_path, mode):
+    out = tmp_path / "out"
+    extra = ["--model.mode", mode, "--train.epochs", "3"] + (["--tokens", synthetic / "tokens"] if mode != "id" else [])
+    if mode == "joint":
+        extra += ["--embeddings", synthetic / "emb.parquet"]
+    assert main(_args(synthetic, out, *extra)) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    m = report["metrics"]
+    for key in ("test_HIT@1", "test_HIT@5", "test_HIT@10", "test_NDCG@5", "test_NDCG@10", "test_MRR",
+                "test_full_HIT@10", "test_full_NDCG@20"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["test_HIT@10"] > 0.1 + 1e-9  # random ranking of 100 candidates gives 0.10
+    assert (out / "model" / "model.safetensors").exists() and (out / "results.md").read_text().count("|") > 20
+    sizes = report["token_size"]
+    if mode == "id":
+        assert sizes["total"] == (N_ITEMS + 1) * 32
+    elif mode == "semantic":
+        assert sizes["total"] == 3 * 16 * 32
+    else:
+        assert sizes["total"] == (N_ITEMS + 1) * 8 + 3 * 16 * 24
+
+
+def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):
+    common = ["--train.epochs", "12", "--train.patience", "12", "--train.seed", "5"]
+    # uninterrupted
+    assert main(_args(synthetic, tmp_path / "full", *common, "--run_name", "uninterrupted")) == 0
+    # killed mid-way in a separate process, then resumed under the same run name
+    cmd = [sys.executable, str(ROOT / "jobs" / "train_seqrec.py"),
+           *_args(synthetic, tmp_path / "resumed", *common, "--run_name", "killed")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    deadline = time.time() + 240
+    ckpts = synthetic / "runs" / "killed"
+    while time.time() < deadline:
+        epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
+        if epochs and max(epochs) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "resumed" / "metrics.json").exists(), "the run was supposed to be killed mid-way"
+    killed_at = max(json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json"))
+    assert 2 <= killed_at < 11
+    assert main(_args(synthetic, tmp_path / "resumed", *common, "--run_name", "killed")) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())["metrics"]
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["metrics"]
+    assert resumed["final_valid_NDCG@10"] == pytest.approx(full["final_valid_NDCG@10"], abs=1e-6)
+    assert resumed["test_NDCG@10"] == pytest.approx(full["test_NDCG@10"], abs=1e-6)
+
+
+def test_two_workers_agree_with_one(synthetic, tmp_path):
+    common = ["--train.epochs", "6", "--train.cpus_per_worker", "0.5", "--train.seed", "1"]
+    assert main(_args(synthetic, tmp_path / "w1", *common, "--train.num_workers", "1")) == 0
+    assert main(_args(synthetic, tmp_path / "w2", *common, "--train.num_workers", "2")) == 0
+    one = json.loads((tmp_path / "w1" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "w2" / "metrics.json").read_text())
+    assert two["workers"] == 2
+    # same global batch and data order; negatives and dropout differ per rank -> equal within noise
+    assert abs(one["metrics"]["final_valid_NDCG@10"] - two["metrics"]["final_valid_NDCG@10"]) < 0.05
+    assert abs(one["metrics"]["test_HIT@10"] - two["metrics"]["test_HIT@10"]) < 0.08
+
+
+def _bad(synthetic: Path, tmp: Path):
+    write_table(pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                          "item_ids": pa.array([[1, 2, 3, 4], [5, 6]], pa.list_(pa.int64()))}), tmp / "short.parquet")
+    write_table(pa.table({"user_id": pa.array([1], pa.int64()),
+                          "item_ids": pa.array([[1, 2, 9999]], pa.list_(pa.int64()))}), tmp / "unknown.parquet")
+    partial = tmp / "partial_tokens"
+    (partial / "token_table").mkdir(parents=True)
+    t = pq.read_table(synthetic / "tokens" / "token_table")
+    write_table(t.filter(pa.compute.greater(t.column("item_id"), 10)), partial / "token_table" / "part-0.parquet")
+    mixed = tmp / "mixed_tokens"
+    (mixed / "token_table").mkdir(parents=True)
+    files = sorted((synthetic / "tokens" / "token_table").glob("*.parquet"))
+    first = pq.read_table(files[0])
+    meta = dict(first.schema.metadata)
+    meta[b"semrec.codebook_sizes"] = b"[32, 32, 32]"
+    write_table(first.replace_schema_metadata(meta), mixed / "token_table" / "part-0.parquet")
+    for i, f in enumerate(files[1:]):
+        write_table(pq.read_table(f), mixed / "token_table" / f"part-{i + 1}.parquet")
+    if len(files) == 1:  # one partition: add a second file with the original metadata
+        write_table(pq.read_table(files[0]).slice(0, 0), mixed / "token_table" / "part-9.parquet")
+    return {
+        "short sequence": (["--sequences", tmp / "short.parquet"], "user 2 has 2 items"),
+        "unknown item": (["--sequences", tmp / "unknown.parquet", "--n_items", str(N_ITEMS)], "item id 9999"),
+        "token table does not cover items": (["--model.mode", "semantic", "--tokens", partial],
+                                             "does not cover 10 of the 400 items"),
+        "mismatched codebook sizes": (["--model.mode", "semantic", "--tokens", mixed], "codebook sizes differ"),
+        "mode without tokens": (["--model.mode", "unified"], "needs --tokens"),
+    }
+
+
+@pytest.mark.parametrize("case", ["short sequence", "unknown item", "token table does not cover items",
+                                  "mismatched codebook sizes", "mode without tokens"])
+def test_bad_input(synthetic, tmp_path, capsys, case):
+    extra, message = _bad(synthetic, tmp_path)[case]
+    out = tmp_path / "out"
+    args = _args(synthetic, out, "--train.epochs", "1")
+    if extra[0] == "--sequences":
+        args[1] = str(extra[1])
+        extra = extra[2:]
+    assert main(args + [str(x) for x in extra]) != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.realdata
+def test_beauty_slice_end_to_end(ray_local, tmp_path):
+    """A small real run inside CI: 3,000 Beauty users, id mode, a few epochs."""
+    from semrec.data.adapters import s3rec_sequences
+
+    seqs = s3rec_sequences(shared("amazon_beauty", "Beauty.txt"))["user_sequences"].slice(0, 3000)
+    write_table(seqs, tmp_path / "seq.parquet")
+    out = tmp_path / "out"
+    assert main(["--sequences", str(tmp_path / "seq.parquet"), "--n_items", "12101", "--output", str(out),
+                 "--run_dir", str(tmp_path / "runs"), "--eval.negatives_dir", str(tmp_path / "neg"),
+                 "--dataset", "beauty3000", "--train.epochs", "8"]) == 0
+    m = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert m["test_HIT@10"] > 0.2  # well above the 0.10 of a random ranking
