@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -38,16 +39,10 @@ def run_name(s: TrainSeqRecSettings) -> str:
     return f"seqrec-{s.model.mode}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def latest_checkpoint(run_dir: Path):
-    """The checkpoint of the highest epoch under ``run_dir`` (our own checkpoint.json names the epoch)."""
-    import ray.train
-
-    best = None
-    for meta in Path(run_dir).glob("**/checkpoint.json"):
-        epoch = json.loads(meta.read_text()).get("epoch", -1)
-        if best is None or epoch > best[0]:
-            best = (epoch, meta.parent)
-    return ray.train.Checkpoint.from_directory(str(best[1])) if best else None
+def run_state(run_dir: Path) -> dict | None:
+    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None."""
+    metas = [json.loads(p.read_text()) for p in Path(run_dir).glob("**/checkpoint.json")]
+    return max(metas, key=lambda m: m.get("epoch", -1)) if metas else None
 
 
 def token_sizes(s: TrainSeqRecSettings, n_items: int, codebook_sizes: list[int] | None) -> dict:
@@ -96,16 +91,20 @@ def run(s: TrainSeqRecSettings) -> dict:
         neg_path = stage / "_negatives.npy"
         np.save(neg_path, negatives)
         cfg.update({"negatives_npy": str(neg_path), "ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
-        resume = latest_checkpoint(storage / name) if s.resume else None
-        if resume:
-            log.info("resuming %s from %s", name, resume.path)
+        # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
+        # previous run with this name finished, or when asked to
+        state = run_state(storage / name)
+        if state is not None and (not s.resume or state.get("done")):
+            log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
+            shutil.rmtree(storage / name)
+        elif state is not None:
+            log.info("resuming %s after epoch %d", name, state["epoch"])
         trainer = TorchTrainer(
             train_loop, train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
                                          resources_per_worker={"CPU": s.train.cpus_per_worker}),
             run_config=RunConfig(name=name, storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-            resume_from_checkpoint=resume)
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
         result = trainer.fit()
         final = result.metrics or {}
         if not final.get("done"):

@@ -252,8 +252,8 @@ def train_loop(config: dict) -> None:
                 torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                             "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
                             "best_model": best_state}, Path(d) / STATE_FILE)
-                (Path(d) / META_FILE).write_text(json.dumps({"epoch": epoch, **{k: v for k, v in metrics.items()
-                                                                               if isinstance(v, (int, float))}}))
+                (Path(d) / META_FILE).write_text(json.dumps({"epoch": epoch, "done": stop, **{
+                    k: v for k, v in metrics.items() if isinstance(v, (int, float))}}))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:
