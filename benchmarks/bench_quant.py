@@ -4,7 +4,6 @@ against one faiss IndexFlatL2 search over the same vectors (the floor: a single-
 import time
 
 import faiss
-import numpy as np
 import pytest
 
 from semrec.quant import RQVAE, ResidualKMeans

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from semrec.models.item_repr import IDItems, JointSemanticItems, SemanticItems, UnifiedItems

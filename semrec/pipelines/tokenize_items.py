@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from semrec.config import write_effective
 from semrec.config.settings import TokenizeItemsSettings
 from semrec.data.io import (count_rows, parquet_files, read_schema, staged_output, write_manifest, write_table)
 from semrec.data.partition import hash_partition, map_partitions, read_partition
 from semrec.errors import InputError
-from semrec.quant import load_quantizer
 from semrec.quant.metrics import counts_stats, group_size_stats
 from semrec.schemas import ITEMS, check_embedding_schema, check_schema, token_table_schema
 from semrec.tokenizers.collisions import assign_suffix, hash_rows
@@ -96,7 +94,8 @@ def fit_sample(ds, n_rows: int, size: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 # ----------------------------------------------------------------------------- suffix step
-def _suffix_partition(k: int, directory: Path, out_path: str, codebook_sizes: list[int], metadata: dict) -> dict:
+def _suffix_partition(k: int, directory: Path, table_dir: str, codebook_sizes: list[int], metadata: dict) -> dict:
+    """Suffix one hash partition of the code tuple and write it as ``table_dir/part-<k>.parquet``."""
     t = read_partition(directory)
     levels = len(codebook_sizes)
     ids = t.column("item_id").to_numpy()
@@ -110,7 +109,7 @@ def _suffix_partition(k: int, directory: Path, out_path: str, codebook_sizes: li
     cols = [pa.array(ids[order], pa.int64())]
     cols += [pa.array(codes[order, j], schema.field(f"c{j}").type) for j in range(levels)]
     cols.append(pa.array(suffix[order].astype(np.uint16), pa.uint16()))
-    write_table(pa.Table.from_arrays(cols, schema=schema), Path(out_path))
+    write_table(pa.Table.from_arrays(cols, schema=schema), Path(table_dir) / f"part-{k:05d}.parquet")
     counts = [np.bincount(codes[:, j].astype(np.int64), minlength=codebook_sizes[j]) for j in range(levels)]
     return {"rows": len(ids), "hist": hist, "counts": counts}
 
@@ -201,7 +200,7 @@ def run(s: TokenizeItemsSettings) -> dict:
         table_dir.mkdir()
         meta = {"table": "token_table", "quantizer": q.kind, "quantizer_id": fingerprint, "levels": q.levels,
                 "codebook_sizes": q.codebook_sizes, "distances": q.distance_names, "seed": s.seed}
-        results = map_partitions(work / "codes", _suffix_partition_task, str(table_dir), q.codebook_sizes, meta)
+        results = map_partitions(work / "codes", _suffix_partition, str(table_dir), q.codebook_sizes, meta)
         timings["suffix_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
 
@@ -248,10 +247,6 @@ def run(s: TokenizeItemsSettings) -> dict:
     print(f"token table: {out / 'token_table'}\nreport:      {out / 'report.json'}\n"
           f"quantizer:   {out / 'quantizer'}")
     return report
-
-
-def _suffix_partition_task(k: int, directory: Path, table_dir: str, codebook_sizes: list[int], meta: dict) -> dict:
-    return _suffix_partition(k, directory, str(Path(table_dir) / f"part-{k:05d}.parquet"), codebook_sizes, meta)
 
 
 def main(argv: list[str] | None = None) -> int:

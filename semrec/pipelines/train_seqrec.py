@@ -24,8 +24,7 @@ import numpy as np
 from semrec.config import write_effective
 from semrec.config.settings import TrainSeqRecSettings
 from semrec.data.io import staged_output
-from semrec.data.sequences import frozen_negatives, load_sequences, s3rec_negatives
-from semrec.errors import InputError
+from semrec.data.sequences import frozen_negatives, s3rec_negatives
 
 log = logging.getLogger("semrec.train_seqrec")
 

@@ -130,3 +130,24 @@ class Quantizer(ABC):
         q.fitted_ = cfg["fitted"]
         q.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
         return q
+
+
+class ResidualQuantizer(Quantizer):
+    """Shared parts of the residual quantizers: one codebook size and one distance per level."""
+
+    def __init__(self, levels: int, codebook_size: int | list[int], distance, **params: Any):
+        from semrec.quant.distances import resolve_distances
+
+        sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
+        if len(sizes) != levels:
+            raise ValueError(f"codebook_size has {len(sizes)} entries for {levels} levels")
+        super().__init__(levels=levels, codebook_size=sizes, distance=distance, **params)
+        self.distances = resolve_distances(distance, levels)
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return list(self.params["codebook_size"])
+
+    @property
+    def distance_names(self) -> list[str]:
+        return [d.name for d in self.distances]

@@ -5,32 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semrec.quant.base import Quantizer, as_float32
-from semrec.quant.distances import Cosine, resolve_distances
+from semrec.quant.base import ResidualQuantizer, as_float32
+from semrec.quant.distances import Cosine
 from semrec.quant.residual import assign_fast, reconstruct
 from semrec.quant.rqvae import kmeans_centroids
 
 
-class ResidualKMeans(Quantizer):
+class ResidualKMeans(ResidualQuantizer):
     kind = "rkmeans"
 
     def __init__(self, levels: int = 3, codebook_size: int | list[int] = 256, distance: str | list[str] = "euclidean",
                  niter: int = 20, max_points_per_centroid: int = 256, seed: int = 0):
-        sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
-        if len(sizes) != levels:
-            raise ValueError(f"codebook_size has {len(sizes)} entries for {levels} levels")
-        super().__init__(levels=levels, codebook_size=sizes, distance=distance, niter=niter,
+        super().__init__(levels, codebook_size, distance, niter=niter,
                          max_points_per_centroid=max_points_per_centroid, seed=seed)
-        self.distances = resolve_distances(distance, levels)
         self.codebooks: list[np.ndarray] = []
-
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return list(self.params["codebook_size"])
-
-    @property
-    def distance_names(self) -> list[str]:
-        return [d.name for d in self.distances]
 
     def fit(self, x: np.ndarray) -> "ResidualKMeans":
         r = as_float32(x).copy()

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semrec.quant.base import Quantizer, as_float32
-from semrec.quant.distances import Distance, resolve_distances
+from semrec.quant.base import ResidualQuantizer, as_float32
+from semrec.quant.distances import Distance
 from semrec.quant.residual import assign_fast
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class RQVAEModule(nn.Module):
         return z_q, torch.stack(codes, 1), codebook_loss, commitment, level_inputs
 
 
-class RQVAE(Quantizer):
+class RQVAE(ResidualQuantizer):
     kind = "rqvae"
 
     def __init__(self, levels: int = 3, codebook_size: int | list[int] = 256, distance: str | list[str] = "hybrid",
@@ -98,25 +98,13 @@ class RQVAE(Quantizer):
                  batch_size: int = 1024, lr: float = 1e-3, weight_decay: float = 0.0, kmeans_init: bool = True,
                  kmeans_iters: int = 20, restart_window: int = 50, restart_until: float = 0.8, seed: int = 0,
                  device: str = "cpu"):
-        sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
-        if len(sizes) != levels:
-            raise ValueError(f"codebook_size has {len(sizes)} entries for {levels} levels")
-        super().__init__(levels=levels, codebook_size=sizes, distance=distance, latent_dim=latent_dim,
+        super().__init__(levels, codebook_size, distance, latent_dim=latent_dim,
                          hidden=list(hidden), beta=beta, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
                          restart_window=restart_window, restart_until=restart_until, seed=seed, device=device)
-        self.distances = resolve_distances(distance, levels)
         self.device = torch.device(device)
         self.module: RQVAEModule | None = None
         self.history_: list[dict] = []
-
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return list(self.params["codebook_size"])
-
-    @property
-    def distance_names(self) -> list[str]:
-        return [d.name for d in self.distances]
 
     def _build(self, input_dim: int) -> RQVAEModule:
         p = self.params
