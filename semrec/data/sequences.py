@@ -32,7 +32,7 @@ class Sequences:
         return len(self.user_ids)
 
 
-def load_sequences(path: str | Path, n_items: int | None = None, valid_items: np.ndarray | None = None) -> Sequences:
+def load_sequences(path: str | Path, n_items: int | None = None) -> Sequences:
     """Read ``user_sequences`` Parquet; refuse sequences shorter than 3 and unknown item ids."""
     files = parquet_files(path, "user_sequences")
     t = pa.concat_tables([pq.read_table(f, columns=["user_id", "item_ids"]) for f in files])
@@ -51,15 +51,6 @@ def load_sequences(path: str | Path, n_items: int | None = None, valid_items: np
     if n_items is not None and max_id > n_items:
         bad = next(u for u, s in zip(users, items) if s.max() > n_items)
         raise InputError(f"{path}: user {bad} has item id {max_id} outside the catalogue 1..{n_items}")
-    if valid_items is not None:
-        known = np.zeros(max(max_id, int(valid_items.max())) + 1, dtype=bool)
-        known[valid_items] = True
-        unknown = ~known[flat]
-        if unknown.any():
-            bad_item = int(flat[np.argmax(unknown)])
-            bad_user = next(u for u, s in zip(users, items) if bad_item in s)
-            raise InputError(f"{path}: user {bad_user} has unknown item id {bad_item} ({int(unknown.sum())} "
-                             f"unknown occurrences; every item needs a row in the item table)")
     return Sequences(users, items, n_items or max_id)
 
 

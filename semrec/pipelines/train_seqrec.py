@@ -45,14 +45,15 @@ def run_state(run_dir: Path) -> dict | None:
 
 
 def token_sizes(s: TrainSeqRecSettings, n_items: int, codebook_sizes: list[int] | None) -> dict:
-    """Parameter counts of the item representation (paper Table 5 arithmetic)."""
-    d, mode = s.model.hidden, s.model.mode
-    id_rows = (n_items + 1) if mode == "id" else ((n_items + 1) if mode in ("unified", "joint") and s.model.id_dim else 0)
-    id_dims = d if mode == "id" else (s.model.id_dim if mode in ("unified", "joint") else 0)
-    sem_d = d if mode == "semantic" else d - s.model.id_dim
-    sem = sum(codebook_sizes) * sem_d if codebook_sizes and mode != "id" else 0
-    return {"id": id_rows * id_dims, "semantic": sem, "total": id_rows * id_dims + sem,
-            "id_only_baseline": (n_items + 1) * d}
+    """Parameter counts of the item representation (paper Table 5: ID rows x ID dims + L x C x d)."""
+    d, mode, rows = s.model.hidden, s.model.mode, n_items + 1
+    if mode == "id":
+        id_part, sem = rows * d, 0
+    elif mode == "semantic":
+        id_part, sem = 0, sum(codebook_sizes) * d
+    else:
+        id_part, sem = rows * s.model.id_dim, sum(codebook_sizes) * (d - s.model.id_dim)
+    return {"id": id_part, "semantic": sem, "total": id_part + sem, "id_only_baseline": rows * d}
 
 
 def run(s: TrainSeqRecSettings) -> dict:
