@@ -47,6 +47,7 @@ def test_quantizer_comparison_on_beauty(benchmark, beauty_embeddings):
     x = beauty_embeddings
     configs = {
         "RQVAE 3x256, euclidean": (lambda s: RQVAE(distance="euclidean", seed=s), SEEDS),
+        "RQVAE 3x256, cosine": (lambda s: RQVAE(distance="cosine", seed=s), SEEDS),
         "RQVAE 3x256, hybrid (cos, cos, euc)": (lambda s: RQVAE(distance="hybrid", seed=s), SEEDS),
         "ResidualKMeans 3x256": (lambda s: ResidualKMeans(seed=s), SEEDS),
         "PCAKMeans 3 positions x 256 (384 -> 3 x 128 -> PCA 64)": (lambda s: PCAKMeans(positions=3, seed=s), SEEDS),
@@ -68,11 +69,16 @@ def test_quantizer_comparison_on_beauty(benchmark, beauty_embeddings):
         md.append(f"| {name} | {util} | {r['collision']:.2%} ({lo:.2%}-{hi:.2%}) | {r['largest']} | "
                   f"{r['mse']:.2e} | {r['wall']:.1f} |")
     hybrid, euclid = rows["RQVAE 3x256, hybrid (cos, cos, euc)"], rows["RQVAE 3x256, euclidean"]
+    cosine = rows["RQVAE 3x256, cosine"]
     fewer = hybrid["collision"] < euclid["collision"]
     md.append(f"\nTargets: hybrid uses >= 90% of the codes at every level: "
               f"{'met' if min(hybrid['util']) >= 0.9 else 'NOT met'}; hybrid collides less than euclidean: "
-              f"{'met' if fewer else 'NOT met'} ({hybrid['collision']:.2%} vs {euclid['collision']:.2%}).")
-    benchmark.extra_info["hybrid_collides_less"] = fewer
+              f"{'met' if fewer else 'NOT met'} ({hybrid['collision']:.2%} vs {euclid['collision']:.2%}); "
+              f"hybrid collides less than cosine-only (the paper's Table 2 claim): "
+              f"{'met' if hybrid['collision'] < cosine['collision'] else 'NOT met'} "
+              f"({hybrid['collision']:.2%} vs {cosine['collision']:.2%}).")
+    benchmark.extra_info["hybrid_collides_less_than_euclidean"] = fewer
+    benchmark.extra_info["hybrid_collides_less_than_cosine"] = hybrid["collision"] < cosine["collision"]
     write_result("beauty_quantizers", "\n".join(md))
     # the utilisation target is a hard requirement; the collision comparison is reported (see README)
     assert min(hybrid["util"]) >= 0.9
