@@ -1,6 +1,7 @@
 import numpy as np
 
-from semrec.tokenizers.collisions import assign_suffix, assign_suffix_reference, hash_rows, partition_of
+from semrec.data.hashing import hash_rows, partition_of
+from semrec.tokenizers.collisions import assign_suffix, assign_suffix_reference
 
 
 def test_suffix_equals_reference_with_heavy_collisions():

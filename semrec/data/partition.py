@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semrec.tokenizers.collisions import partition_of
+from semrec.data.hashing import partition_of
 
 PARTITION_COLUMN = "_p"
 

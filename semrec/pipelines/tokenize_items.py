@@ -28,7 +28,8 @@ from semrec.data.partition import hash_partition, map_partitions, read_partition
 from semrec.errors import InputError
 from semrec.quant.metrics import counts_stats, group_size_stats
 from semrec.schemas import ITEMS, check_embedding_schema, check_schema, token_table_schema
-from semrec.tokenizers.collisions import assign_suffix, hash_rows
+from semrec.data.hashing import hash_rows
+from semrec.tokenizers.collisions import assign_suffix
 from semrec.pipelines.udfs import EmbedItems, EncodeCodes, embedding_matrix
 
 log = logging.getLogger("semrec.tokenize_items")
