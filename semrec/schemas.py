@@ -92,8 +92,8 @@ INTERACTIONS = TableSpec(
 )
 
 
-def embeddings_spec(dim: int | None = None, dtype: pa.DataType = pa.float32()) -> TableSpec:
-    emb_type = pa.list_(dtype, dim) if dim else pa.list_(dtype, 1)
+def embeddings_spec(dim: int, dtype: pa.DataType | None = None) -> TableSpec:
+    emb_type = pa.list_(dtype or pa.float32(), dim)
     return TableSpec(
         name="item_embeddings",
         doc="Dense item vectors: fixed_size_list<float32|float16, d>, one row per item.",

@@ -162,8 +162,9 @@ def run(s: TokenizeItemsSettings) -> dict:
             ).write_parquet(str(emb_dir))
             timings["embed_s"] = time.perf_counter() - t0
             emb_files = parquet_files(emb_dir, "item_embeddings")
-            if count_rows(emb_files) != n:
-                raise InputError(f"embedding stage wrote {count_rows(emb_files)} rows for {n} items")
+            written = count_rows(emb_files)
+            if written != n:
+                raise InputError(f"embedding stage wrote {written} rows for {n} items")
             dim = check_embedding_schema(read_schema(emb_files[0]), str(emb_files[0]))
         else:
             emb_files = parquet_files(emb_path, "embeddings")
