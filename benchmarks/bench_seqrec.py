@@ -3,10 +3,14 @@
 Every experiment is one `train_seqrec` run with 99 frozen sampled negatives (LastFM: the official
 file), leave-one-out, pessimistic ties. Results accumulate in benchmarks/results/seqrec.json and the
 table benchmarks/results/seqrec.md (the README reproduces it). Select experiments with -k, e.g.
-`pytest benchmarks/bench_seqrec.py -s -k "lastfm or beauty-id"`.
+`pytest benchmarks/bench_seqrec.py -s -k "lastfm or beauty-id"`. Two experiments side by side on 2 cores
+(each with one torch thread) finish sooner than one after the other with two threads:
+`SEMREC_BENCH_THREADS=1 pytest ... -k beauty-id & SEMREC_BENCH_THREADS=1 pytest ... -k beauty-unified`.
 """
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,7 +75,8 @@ def test_experiment(benchmark, ray_local, name, dataset, mode, extra, tok):
         _tokens("hybrid", 256)  # the embeddings every other token table reuses
     args = ["--sequences", str(_sequences(dataset)), "--output", str(WORK / "runs" / name),
             "--run_dir", str(WORK / "ray_train"), "--run_name", name, "--dataset", dataset,
-            "--eval.negatives_dir", str(WORK / "negatives"), "--model.mode", mode, "--train.threads", "2", *extra]
+            "--eval.negatives_dir", str(WORK / "negatives"), "--model.mode", mode,
+            "--train.threads", os.environ.get("SEMREC_BENCH_THREADS", "2"), *extra]
     if dataset == "lastfm":
         args += ["--eval.negatives_file", str(shared("lastfm", "LastFM_sample.txt"))]
     else:
@@ -84,8 +89,10 @@ def test_experiment(benchmark, ray_local, name, dataset, mode, extra, tok):
     benchmark.extra_info.update({k: report[k] for k in ("metrics", "token_size", "wall_s", "best_epoch")})
     store = RESULTS / "seqrec.json"
     RESULTS.mkdir(exist_ok=True)
-    all_reports = json.loads(store.read_text()) if store.exists() else {}
-    all_reports[name] = report
-    store.write_text(json.dumps(all_reports, indent=2) + "\n")
-    rows = [dict(r, mode=r["experiment"]) for r in all_reports.values()]
-    write_result("seqrec", results_table(rows))
+    with open(RESULTS / ".seqrec.lock", "w") as lock:  # experiments may run in parallel processes
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        all_reports = json.loads(store.read_text()) if store.exists() else {}
+        all_reports[name] = report
+        store.write_text(json.dumps(all_reports, indent=2) + "\n")
+        rows = [dict(r, mode=r["experiment"]) for r in all_reports.values()]
+        write_result("seqrec", results_table(rows))

@@ -70,3 +70,46 @@ def test_joint_items_train_the_rqvae_through_the_recommender():
     opt.step()
     assert not torch.equal(before, q.module.encoder[0].weight)
     assert joint.codes().shape == (61, 2)
+
+
+def test_transformer_block_equals_torch_reference():
+    """The written-out block (fast dropout) equals nn.TransformerEncoderLayer with the same weights."""
+    from semrec.models.layers import TransformerBlock
+
+    torch.manual_seed(0)
+    hidden, heads = 16, 2
+    ref = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.3, activation="gelu",
+                                           batch_first=True, norm_first=False, layer_norm_eps=1e-12).eval()
+    block = TransformerBlock(hidden, heads, dropout=0.3).eval()
+    with torch.no_grad():
+        block.qkv.weight.copy_(ref.self_attn.in_proj_weight)
+        block.qkv.bias.copy_(ref.self_attn.in_proj_bias)
+        block.out.load_state_dict(ref.self_attn.out_proj.state_dict())
+        block.ff1.load_state_dict(ref.linear1.state_dict())
+        block.ff2.load_state_dict(ref.linear2.state_dict())
+        block.norm1.load_state_dict(ref.norm1.state_dict())
+        block.norm2.load_state_dict(ref.norm2.state_dict())
+    m = _model()
+    ids = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 9, 2]])
+    mask = m.attention_mask(ids)  # (B, 1, L, L)
+    x = torch.randn(2, 8, hidden)
+    expected = ref(x, src_mask=mask.expand(-1, heads, -1, -1).reshape(2 * heads, 8, 8))
+    torch.testing.assert_close(block(x, mask), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_keeps_expected_fraction_and_mean():
+    from semrec.models.layers import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.3)
+    x = torch.ones(200_000)
+    y = d(x)
+    assert abs((y > 0).float().mean().item() - 0.7) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(d.eval()(x), x)
+    try:
+        Dropout(1.0)
+    except ValueError as e:
+        assert "dropout" in str(e)
+    else:
+        raise AssertionError("p = 1 accepted")

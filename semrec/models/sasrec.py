@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semrec.models.layers import Dropout, TransformerBlock
+
 
 class SASRec(nn.Module):
     def __init__(self, items: nn.Module, hidden: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
@@ -18,11 +20,8 @@ class SASRec(nn.Module):
         self.heads = heads
         self.pos = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=4 * hidden, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=False,
-                                           layer_norm_eps=1e-12)
-        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.drop = Dropout(dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(hidden, heads, dropout) for _ in range(layers))
         self.apply(lambda m: self._init(m, init_range))
 
     @staticmethod
@@ -36,19 +35,21 @@ class SASRec(nn.Module):
             m.weight.data.fill_(1.0)
 
     def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """Additive (B * heads, L, L) mask: position t attends to non-padding positions <= t, and to itself
+        """Additive (B, 1, L, L) mask: position t attends to non-padding positions <= t, and to itself
         (so padding rows, whose outputs are never used, still attend to nothing later). -1e4, as in S3-Rec."""
         b, length = ids.shape
         causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
         eye = torch.eye(length, dtype=torch.bool, device=ids.device)
         allowed = (causal[None] & (ids > 0)[:, None, :]) | eye[None]
-        mask = torch.zeros(b, length, length, device=ids.device).masked_fill(~allowed, -1e4)
-        return mask.repeat_interleave(self.heads, dim=0)
+        return torch.zeros(b, 1, length, length, device=ids.device).masked_fill(~allowed[:, None], -1e4)
 
     def encode(self, ids: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)[None]
         x = self.drop(self.norm(item_vecs + self.pos(positions)))
-        return self.encoder(x, mask=self.attention_mask(ids))
+        mask = self.attention_mask(ids)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None,
                 neg: torch.Tensor | None = None) -> torch.Tensor:
