@@ -66,6 +66,15 @@ def test_modes_train_and_publish(synthetic, tmp_path, mode):
         assert sizes["total"] == (N_ITEMS + 1) * 8 + 3 * 16 * 24
 
 
+def test_relative_paths_reach_the_workers(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(synthetic)  # Ray Train workers run elsewhere: relative inputs must still be found
+    out = tmp_path / "out"
+    assert main(["--sequences", "seq.parquet", "--tokens", "tokens", "--model.mode", "unified", "--output", str(out),
+                 "--run_dir", str(tmp_path / "runs"), "--eval.negatives_dir", str(tmp_path / "neg"), *FAST,
+                 "--train.epochs", "1"]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["sequences"] == str(synthetic / "seq.parquet")
+
+
 def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):
     common = ["--train.epochs", "12", "--train.patience", "12", "--train.seed", "5"]
     # uninterrupted

@@ -67,6 +67,9 @@ def run(s: TrainSeqRecSettings) -> dict:
     t0 = time.perf_counter()
     cfg = json.loads(s.model_dump_json())
     cfg["train"]["threads"] = s.train.threads or max(1, math.ceil(s.train.cpus_per_worker))
+    for key in ("sequences", "tokens", "embeddings"):  # Ray Train workers do not run in our working directory
+        if cfg[key] is not None:
+            cfg[key] = str(Path(cfg[key]).absolute())
     # validate everything a worker will load before starting Ray (clear errors, nothing published)
     assets = load_assets(cfg)
     build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before Ray starts
