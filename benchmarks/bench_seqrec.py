@@ -27,7 +27,9 @@ BEAUTY_ITEMS = 12101
 
 # (name, dataset, mode, extra train_seqrec flags, tokenizer flags or None)
 EXPERIMENTS = [
-    ("lastfm-id", "lastfm", "id", [], None),
+    # LastFM: 1,090 users are 5 steps per epoch; validation plateaus for ~10-15 epochs around epoch 10
+    # before it climbs again (to epoch ~100), so patience 10 can stop inside the plateau.
+    ("lastfm-id", "lastfm", "id", ["--train.patience", "30"], None),
     ("beauty-id", "beauty", "id", [], None),
     ("beauty-semantic", "beauty", "semantic", [], ("hybrid", 256)),
     ("beauty-unified", "beauty", "unified", [], ("hybrid", 256)),
