@@ -82,17 +82,21 @@ def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):
     # killed mid-way in a separate process, then resumed under the same run name
     cmd = [sys.executable, str(ROOT / "jobs" / "train_seqrec.py"),
            *_args(synthetic, tmp_path / "resumed", *common, "--run_name", "killed")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    deadline = time.time() + 240
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    deadline = time.time() + 480
     ckpts = synthetic / "runs" / "killed"
-    while time.time() < deadline:
+    epochs = []
+    while time.time() < deadline and proc.poll() is None:
         epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
         if epochs and max(epochs) >= 2:
             break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert epochs, f"no checkpoint within 480 s; the job's output ends with:\n{log.read_text()[-3000:]}"
     assert not (tmp_path / "resumed" / "metrics.json").exists(), "the run was supposed to be killed mid-way"
     killed_at = max(json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json"))
     assert 2 <= killed_at < 11
