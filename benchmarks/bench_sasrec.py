@@ -13,30 +13,11 @@ from torch import nn
 
 from benchlib import write_result
 from semrec.models.item_repr import IDItems
+from semrec.models.layers import TorchReferenceBlock
 from semrec.models.sasrec import SASRec
 
 N_ITEMS, BATCH, LENGTH, HIDDEN, HEADS, DROPOUT = 12_101, 256, 50, 64, 2, 0.5
 THREADS = 2
-
-
-class ReferenceBlock(nn.Module):
-    """nn.TransformerEncoderLayer behind the (x, additive (B, 1, L, L) mask) interface of our block."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.heads = block.heads
-        self.layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, 4 * HIDDEN, dropout=DROPOUT, activation="gelu",
-                                                batch_first=True, norm_first=False, layer_norm_eps=1e-12)
-        with torch.no_grad():
-            self.layer.self_attn.in_proj_weight.copy_(block.qkv.weight)
-            self.layer.self_attn.in_proj_bias.copy_(block.qkv.bias)
-            self.layer.self_attn.out_proj.load_state_dict(block.out.state_dict())
-            for ours, theirs in (("ff1", "linear1"), ("ff2", "linear2"), ("norm1", "norm1"), ("norm2", "norm2")):
-                getattr(self.layer, theirs).load_state_dict(getattr(block, ours).state_dict())
-
-    def forward(self, x, mask):
-        b, length = x.shape[:2]
-        return self.layer(x, src_mask=mask.expand(-1, self.heads, -1, -1).reshape(b * self.heads, length, length))
 
 
 def _models():
@@ -44,7 +25,7 @@ def _models():
     fast = SASRec(IDItems(N_ITEMS, HIDDEN), hidden=HIDDEN, layers=2, heads=HEADS, max_len=LENGTH, dropout=DROPOUT)
     ref = SASRec(IDItems(N_ITEMS, HIDDEN), hidden=HIDDEN, layers=2, heads=HEADS, max_len=LENGTH, dropout=DROPOUT)
     ref.load_state_dict(fast.state_dict())
-    ref.blocks = nn.ModuleList(ReferenceBlock(b) for b in fast.blocks)
+    ref.blocks = nn.ModuleList(TorchReferenceBlock(b) for b in fast.blocks)
     ref.drop = nn.Dropout(DROPOUT)
     return fast.train(), ref.train()
 

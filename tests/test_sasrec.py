@@ -74,27 +74,22 @@ def test_joint_items_train_the_rqvae_through_the_recommender():
 
 def test_transformer_block_equals_torch_reference():
     """The written-out block (fast dropout) equals nn.TransformerEncoderLayer with the same weights."""
-    from semrec.models.layers import TransformerBlock
+    from semrec.models.layers import TorchReferenceBlock, TransformerBlock
 
     torch.manual_seed(0)
     hidden, heads = 16, 2
-    ref = torch.nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.3, activation="gelu",
-                                           batch_first=True, norm_first=False, layer_norm_eps=1e-12).eval()
     block = TransformerBlock(hidden, heads, dropout=0.3).eval()
-    with torch.no_grad():
-        block.qkv.weight.copy_(ref.self_attn.in_proj_weight)
-        block.qkv.bias.copy_(ref.self_attn.in_proj_bias)
-        block.out.load_state_dict(ref.self_attn.out_proj.state_dict())
-        block.ff1.load_state_dict(ref.linear1.state_dict())
-        block.ff2.load_state_dict(ref.linear2.state_dict())
-        block.norm1.load_state_dict(ref.norm1.state_dict())
-        block.norm2.load_state_dict(ref.norm2.state_dict())
+    for p in block.parameters():  # non-trivial weights everywhere (biases and norms start at 0 / 1)
+        torch.nn.init.normal_(p.data, std=0.2)
+    ref = TorchReferenceBlock(block).eval()
+    assert ref.layer.self_attn.in_proj_weight.data_ptr() != block.qkv.weight.data_ptr()  # a copy, not shared
     m = _model()
     ids = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 0, 9, 2]])
     mask = m.attention_mask(ids)  # (B, 1, L, L)
     x = torch.randn(2, 8, hidden)
-    expected = ref(x, src_mask=mask.expand(-1, heads, -1, -1).reshape(2 * heads, 8, 8))
+    expected = ref.layer(x, src_mask=mask.expand(-1, heads, -1, -1).reshape(2 * heads, 8, 8))
     torch.testing.assert_close(block(x, mask), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ref(x, mask), expected)
 
 
 def test_dropout_keeps_expected_fraction_and_mean():

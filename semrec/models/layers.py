@@ -56,3 +56,27 @@ class TransformerBlock(nn.Module):
         y = (self.drop_attn(att.softmax(-1)) @ v).transpose(1, 2).reshape(b, length, hidden)
         x = self.norm1(x + self.drop1(self.out(y)))
         return self.norm2(x + self.drop2(self.ff2(self.drop_ff(F.gelu(self.ff1(x))))))
+
+
+class TorchReferenceBlock(nn.Module):
+    """The plain-PyTorch reference of ``TransformerBlock``: ``nn.TransformerEncoderLayer`` (``nn.Dropout``,
+    ``bernoulli_`` masks) holding a copy of the block's weights, behind the same (x, mask) interface.
+    Tests check the two agree; benchmarks time them side by side."""
+
+    def __init__(self, block: TransformerBlock):
+        super().__init__()
+        hidden = block.qkv.in_features
+        self.heads = block.heads
+        self.layer = nn.TransformerEncoderLayer(hidden, block.heads, block.ff1.out_features,
+                                                dropout=block.drop1.p, activation="gelu", batch_first=True,
+                                                norm_first=False, layer_norm_eps=block.norm1.eps)
+        with torch.no_grad():
+            self.layer.self_attn.in_proj_weight.copy_(block.qkv.weight)
+            self.layer.self_attn.in_proj_bias.copy_(block.qkv.bias)
+            self.layer.self_attn.out_proj.load_state_dict(block.out.state_dict())
+            for ours, theirs in (("ff1", "linear1"), ("ff2", "linear2"), ("norm1", "norm1"), ("norm2", "norm2")):
+                getattr(self.layer, theirs).load_state_dict(getattr(block, ours).state_dict())
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length = x.shape[:2]
+        return self.layer(x, src_mask=mask.expand(-1, self.heads, -1, -1).reshape(b * self.heads, length, length))
