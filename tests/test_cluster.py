@@ -104,3 +104,33 @@ def submit(client, tmp_path, out):
         runtime_env={"working_dir": str(ROOT), "env_vars": {"RAY_AUTH_MODE": "disabled"},
                      "excludes": [".venv", ".git", "out", "*.egg-info", ".benchmarks", "__pycache__"]},
     )
+
+
+def test_local_start_retries_a_missed_raylet_deadline(monkeypatch):
+    """A busy machine can miss Ray's fixed 30 s raylet start-up deadline; the local start retries."""
+    import ray
+
+    from semrec.config.settings import RaySettings
+    from semrec.pipelines import runtime
+
+    calls = []
+
+    def flaky_init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) < runtime.LOCAL_START_ATTEMPTS:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+        raise RuntimeError("third attempt reached")  # stop here: no real Ray is started
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", flaky_init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(RuntimeError, match="third attempt reached"):
+        runtime.init_ray(RaySettings())
+    assert calls == ["local"] * runtime.LOCAL_START_ATTEMPTS
+
+    calls.clear()  # any other start-up error is not retried
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(1) or (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(ValueError, match="bad"):
+        runtime.init_ray(RaySettings())
+    assert calls == [1]

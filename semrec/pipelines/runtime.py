@@ -12,6 +12,8 @@ from semrec.config.settings import JobSettings, RaySettings
 from semrec.errors import ConfigError, SemrecError
 
 log = logging.getLogger("semrec")
+# an overloaded machine (seen with 4 local Rays on 2 cores) can miss the raylet's 30 s start-up deadline
+LOCAL_START_ATTEMPTS = 3
 
 
 def init_ray(rs: RaySettings) -> None:
@@ -27,8 +29,17 @@ def init_ray(rs: RaySettings) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=rs.num_cpus, include_dashboard=False,
-                 object_store_memory=rs.object_store_mb * 1024 * 1024, log_to_driver=True)
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            try:
+                ray.init(address="local", num_cpus=rs.num_cpus, include_dashboard=False,
+                         object_store_memory=rs.object_store_mb * 1024 * 1024, log_to_driver=True)
+                break
+            except Exception as e:  # Ray raises a bare Exception when its raylet misses a fixed 30 s deadline
+                if "timed out during startup" not in str(e) or attempt == LOCAL_START_ATTEMPTS:
+                    raise
+                log.warning("local Ray did not start in time (machine busy?); retrying (%d/%d)",
+                            attempt + 1, LOCAL_START_ATTEMPTS)
+                ray.shutdown()
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

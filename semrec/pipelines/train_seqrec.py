@@ -1,7 +1,8 @@
 """Train and evaluate SASRec with ID / semantic / unified / joint item tokens on Ray Train.
 
 Output folder (published atomically):
-    metrics.json      final test and validation metrics, per-epoch history, wall time, token sizes
+    metrics.json      final test and validation metrics, wall time of this process, training time summed
+                      over resumes (train_s), token sizes
     results.md        one-row markdown results table
     model/            config.json + model.safetensors (the best epoch's weights)
     effective_config.json
@@ -117,6 +118,7 @@ def run(s: TrainSeqRecSettings) -> dict:
         report = {"dataset": dataset, "mode": s.model.mode, "users": len(seqs), "items": seqs.n_items,
                   "negatives": source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
                   "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
+                  "train_s": final["train_s"],
                   "workers": s.train.num_workers, "run_name": name, "metrics": metrics,
                   "token_size": token_sizes(s, seqs.n_items, assets.codebook_sizes or _joint_sizes(assets))}
         (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")

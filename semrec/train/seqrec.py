@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,7 @@ def train_loop(config: dict) -> None:
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=t["lr"], betas=(0.9, 0.999), weight_decay=t["weight_decay"])
     start, best, best_epoch, bad, best_state = 0, -1.0, -1, 0, None
+    clock, prior_s = time.perf_counter(), 0.0  # training time summed over every process of a resumed run
 
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -204,6 +206,7 @@ def train_loop(config: dict) -> None:
         torch.set_rng_state(state["torch_rng"])
         start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
         best_state = state["best_model"]
+        prior_s = float(state.get("train_s", 0.0))
 
     inputs, targets = train_arrays(seqs, max_len)
     sampler = NegativeSampler(seqs)
@@ -246,12 +249,14 @@ def train_loop(config: dict) -> None:
             metrics.update({f"test_{k}": v for k, v in test.items()})
             metrics.update({f"final_valid_{k}": v for k, v in valid.items()})
             metrics["done"] = True
+        train_s = prior_s + time.perf_counter() - clock
+        metrics["train_s"] = round(train_s, 1)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                             "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                            "best_model": best_state}, Path(d) / STATE_FILE)
+                            "best_model": best_state, "train_s": train_s}, Path(d) / STATE_FILE)
                 (Path(d) / META_FILE).write_text(json.dumps({"epoch": epoch, "done": stop, **{
                     k: v for k, v in metrics.items() if isinstance(v, (int, float))}}))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
