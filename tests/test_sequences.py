@@ -65,5 +65,21 @@ def test_lastfm_official_negatives(tmp_path):
     s = load_sequences(tmp_path / "seq.parquet")
     neg = s3rec_negatives(shared("lastfm", "LastFM_sample.txt"), s)
     assert neg.shape == (1090, 99)
-    for row, items in zip(neg[:100], s.items[:100]):
+    for row, items in zip(neg, s.items):
         assert not set(row.tolist()) & set(items.tolist())
+
+
+@pytest.mark.parametrize("line,error", [
+    ("2 7 8 3\n", "negative item 3 of user 2 is in that user's own sequence"),
+    ("2 7 8 11\n", "negative item 11 of user 2 is outside the catalogue 1..10"),
+    ("2 7 8\n", r"users have different numbers of negatives \(\[2, 3\]\)"),
+])
+def test_official_negatives_file_is_checked(tmp_path, line, error):
+    write_table(pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                          "item_ids": pa.array([[1, 2, 3], [3, 4, 5]], pa.list_(pa.int64()))}), tmp_path / "s.parquet")
+    seqs = load_sequences(tmp_path / "s.parquet", n_items=10)
+    (tmp_path / "ok.txt").write_text("1 7 8 9\n2 7 8 9\n")
+    assert s3rec_negatives(tmp_path / "ok.txt", seqs).tolist() == [[7, 8, 9], [7, 8, 9]]
+    (tmp_path / "bad.txt").write_text("1 7 8 9\n" + line)
+    with pytest.raises(InputError, match=error):
+        s3rec_negatives(tmp_path / "bad.txt", seqs)

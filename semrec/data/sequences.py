@@ -124,9 +124,20 @@ def s3rec_negatives(path: str | Path, seqs: Sequences) -> np.ndarray:
     missing = [u for u in seqs.user_ids.tolist() if u not in rows]
     if missing:
         raise InputError(f"{path}: no negatives for users {missing[:5]}")
-    return np.asarray([rows[u] for u in seqs.user_ids.tolist()], dtype=np.int64)
+    lists = [rows[u] for u in seqs.user_ids.tolist()]
+    if len({len(r) for r in lists}) > 1:
+        raise InputError(f"{path}: users have different numbers of negatives "
+                         f"({sorted({len(r) for r in lists})})")
+    neg = np.asarray(lists, dtype=np.int64)
 
+    def refuse(bad: np.ndarray, what: str) -> None:
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise InputError(f"{path}: negative item {neg[row, col]} of user {seqs.user_ids[row]} is {what}")
 
+    refuse((neg < 1) | (neg > seqs.n_items), f"outside the catalogue 1..{seqs.n_items}")
+    refuse(NegativeSampler(seqs).seen(np.arange(len(seqs)), neg), "in that user's own sequence")
+    return neg
 
 
 def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
