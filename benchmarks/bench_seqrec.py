@@ -25,13 +25,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 WORK = Path("out/bench_seqrec")
 BEAUTY_ITEMS = 12101
 
+# LastFM: 1,090 users are 5 steps per epoch; validation stalls from epoch ~7 to ~20 before it climbs
+# again (best epochs 114-196), so patience 10 stops inside the stall (HIT@10 0.29).
+LASTFM = ["--train.patience", "30"]
+
 # (name, dataset, mode, extra train_seqrec flags, tokenizer flags or None)
 EXPERIMENTS = [
-    # LastFM: 1,090 users are 5 steps per epoch; validation stalls from epoch ~7 to ~20
-    # before it climbs again (best epoch 148), so patience 10 stops inside the stall (HIT@10 0.29).
-    ("lastfm-id", "lastfm", "id", ["--train.patience", "30"], None),
+    ("lastfm-id", "lastfm", "id", LASTFM, None),
     # LastFM's test split is small (1,090 users): the same run with other training seeds gives its spread
-    *[(f"lastfm-id-seed{s}", "lastfm", "id", ["--train.patience", "30", "--train.seed", str(s)], None) for s in (1, 2, 3, 4)],
+    *[(f"lastfm-id-seed{s}", "lastfm", "id", [*LASTFM, "--train.seed", str(s)], None) for s in (1, 2, 3, 4)],
     ("beauty-id", "beauty", "id", [], None),
     ("beauty-semantic", "beauty", "semantic", [], ("hybrid", 256)),
     ("beauty-unified", "beauty", "unified", [], ("hybrid", 256)),
