@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semrec.data.io import write_table
+from semrec.data.output import OUTPUT_MANIFEST
 from semrec.pipelines.tokenize_items import main
 from semrec.schemas import decode_metadata
 from helpers import ROOT, clustered, embeddings_table
@@ -156,13 +157,14 @@ def test_bad_input_fails_clearly_and_keeps_previous_output(ray_local, tmp_path, 
     args, message = _bad_cases(tmp_path)[case]
     out = tmp_path / "tokens"
     out.mkdir()
+    (out / OUTPUT_MANIFEST).write_text('{"job": "tokenize_items"}')  # an earlier output of this job
     (out / "previous.txt").write_text("an earlier, good output")
     code = run_job([*args, "--output", out, "--quantizer.kind", "rkmeans", "--quantizer.codebook_size", "8",
                     "--no-plots"] if case != "codebook too large" else [*args, "--output", out])
     err = capsys.readouterr().err
     assert code != 0
     assert message in err, err[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"], "earlier output must stay intact"
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MANIFEST, "previous.txt"], "earlier output must stay"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokens.")], "no staging left behind"
 
 

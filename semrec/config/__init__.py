@@ -1,7 +1,8 @@
 """Job settings: one pydantic-settings model per job.
 
 Precedence (highest first): CLI flags (``--quantizer.levels 4``), ``SEMREC_*`` environment
-variables (``SEMREC_QUANTIZER__LEVELS=4``), the TOML file given with ``--config``, defaults.
+variables (``SEMREC_QUANTIZER__LEVELS=4``), the TOML file given with ``--config`` (or, without the
+flag, ``SEMREC_CONFIG``), defaults. A ``config`` key inside a TOML file is refused (files do not nest).
 Validation errors name the field (``quantizer.levels``) and the value.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -37,14 +39,19 @@ def load_settings(cls: type[S], argv: list[str] | None = None, prog: str | None 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(argv)
-    toml_path = known.config
+    env_config = os.environ.get("SEMREC_CONFIG") or None
+    toml_path = known.config or (Path(env_config) if env_config else None)
     if toml_path is not None:
+        origin = "--config" if known.config else "SEMREC_CONFIG"
         if not toml_path.is_file():
-            raise ConfigError(f"config file not found: {toml_path}")
+            raise ConfigError(f"config file not found: {toml_path} (from {origin})")
         try:
-            tomllib.loads(toml_path.read_text())
+            data = tomllib.loads(toml_path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{toml_path}: invalid TOML ({e})") from None
+        if "config" in data:
+            raise ConfigError(f"{toml_path}: 'config' cannot be set inside a config file (files do not nest); "
+                              f"give one file with --config or SEMREC_CONFIG")
 
     class _Loaded(cls):  # type: ignore[misc, valid-type]
         @classmethod

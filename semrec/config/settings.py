@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,30 +40,45 @@ class EncoderSettings(Section):
     text_fields: list[str] = Field(["title", "brand", "categories", "description"],
                                    description="item columns joined into the text to embed")
     empty_text: Literal["error", "id"] = Field("error", description="rows with no text: fail, or embed 'item <id>'")
-    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    batch_size: int = Field(16, ge=1, description="rows per forward pass (fixed, so embeddings do not depend on "
+                                                  "batch composition; raise it on a GPU)")
     max_length: int = Field(64, ge=8, description="max tokens per text")
     dtype: Literal["float32", "float16"] = Field("float32", description="stored embedding precision")
     device: str = Field("cpu", description="torch device of the encoder")
 
 
+# kind-specific quantizer settings: their defaults per kind; a value given for a kind that does not use it is an error
+QUANTIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rqvae": {"levels": 3, "distance": "hybrid", "latent_dim": 64, "hidden": [512, 256, 128], "epochs": 100,
+              "batch_size": 1024, "lr": 1e-3, "beta": 0.25, "restart_window": 50},
+    "rkmeans": {"levels": 3, "distance": "euclidean"},
+    "pcakmeans": {"pca_dim": 64, "positions": 1},
+}
+
+
 class QuantizerSettings(Section):
-    """Quantizer fitted on a sample, then applied to every item."""
+    """Quantizer fitted on a sample, then applied to every item. Settings marked (rqvae), (rkmeans) or
+    (pcakmeans) apply to those kinds only: giving one to another kind is an error naming it."""
 
     kind: Literal["rqvae", "rkmeans", "pcakmeans"] = Field("rqvae", description="quantizer family")
-    levels: int = Field(3, ge=1, le=16, description="code levels (rqvae, rkmeans)")
     codebook_size: int = Field(256, ge=2, description=f"codes per level (<= {MAX_CODEBOOK_SIZE:,})")
-    distance: str = Field("hybrid", description="euclidean | cosine | hybrid (cosine on all levels but the "
-                                                "last) | comma list per level")
-    latent_dim: int = Field(64, ge=1, description="rqvae latent/codebook dimension")
-    hidden: list[int] = Field([512, 256, 128], description="rqvae encoder widths (decoder mirrors them)")
-    epochs: int = Field(100, ge=1, description="rqvae training epochs")
-    batch_size: int = Field(1024, ge=1, description="rqvae training batch size")
-    lr: float = Field(1e-3, gt=0, description="rqvae learning rate")
-    beta: float = Field(0.25, ge=0, description="rqvae commitment weight")
-    restart_window: int = Field(50, ge=0, description="rqvae dead-code restart window in steps (0 = off)")
     kmeans_iters: int = Field(20, ge=1, description="k-means iterations (init / rkmeans / pcakmeans)")
-    pca_dim: int = Field(64, ge=1, description="pcakmeans PCA dimension")
-    positions: int = Field(1, ge=1, description="pcakmeans: positions per item (2-D input split in equal slices)")
+    levels: int | None = Field(None, ge=1, le=16, description="(rqvae, rkmeans) code levels; default 3")
+    distance: str | None = Field(None, description="(rqvae, rkmeans) euclidean | cosine | hybrid (cosine on all "
+                                                   "levels but the last) | comma list per level; default hybrid "
+                                                   "for rqvae, euclidean for rkmeans")
+    latent_dim: int | None = Field(None, ge=1, description="(rqvae) latent/codebook dimension; default 64")
+    hidden: list[int] | None = Field(None, description="(rqvae) encoder widths, decoder mirrors them; "
+                                                       "default [512, 256, 128]")
+    epochs: int | None = Field(None, ge=1, description="(rqvae) training epochs; default 100")
+    batch_size: int | None = Field(None, ge=1, description="(rqvae) training batch size; default 1024")
+    lr: float | None = Field(None, gt=0, description="(rqvae) learning rate; default 1e-3")
+    beta: float | None = Field(None, ge=0, description="(rqvae) commitment weight; default 0.25")
+    restart_window: int | None = Field(None, ge=0, description="(rqvae) dead-code restart window in steps, 0 = "
+                                                               "off; default 50")
+    pca_dim: int | None = Field(None, ge=1, description="(pcakmeans) PCA dimension; default 64")
+    positions: int | None = Field(None, ge=1, description="(pcakmeans) positions per item (2-D input split in "
+                                                          "equal slices); default 1")
 
     @field_validator("codebook_size")
     @classmethod
@@ -73,9 +89,11 @@ class QuantizerSettings(Section):
 
     @field_validator("distance")
     @classmethod
-    def _distance(cls, v: str) -> str:
+    def _distance(cls, v: str | None) -> str | None:
         from semrec.quant.distances import DISTANCES, PRESETS
 
+        if v is None:
+            return v
         parts = [x.strip() for x in v.split(",")]
         bad = [x for x in parts if x not in (PRESETS if len(parts) == 1 else DISTANCES)]
         if bad:
@@ -84,8 +102,17 @@ class QuantizerSettings(Section):
         return v
 
     @model_validator(mode="after")
-    def _levels_match(self):
-        parts = self.distance.split(",")
+    def _kind_settings(self):
+        defaults = QUANTIZER_DEFAULTS[self.kind]
+        for name in sorted({k for d in QUANTIZER_DEFAULTS.values() for k in d}):
+            if name in defaults:
+                if getattr(self, name) is None:
+                    setattr(self, name, copy.deepcopy(defaults[name]))
+            elif getattr(self, name) is not None:
+                users = [k for k, d in QUANTIZER_DEFAULTS.items() if name in d]
+                raise ValueError(f"quantizer.{name} does not apply to kind={self.kind} (only to "
+                                 f"{' and '.join(users)}); remove it")
+        parts = self.distance.split(",") if self.distance else []
         if len(parts) > 1 and len(parts) != self.levels:
             raise ValueError(f"distance lists {len(parts)} levels but levels={self.levels}")
         return self
@@ -94,18 +121,17 @@ class QuantizerSettings(Section):
         """Instantiate the configured quantizer (the only place that maps settings to constructors)."""
         from semrec.quant import PCAKMeans, ResidualKMeans, RQVAE
 
+        if self.kind == "pcakmeans":
+            return PCAKMeans(pca_dim=self.pca_dim, codebook_size=self.codebook_size, positions=self.positions,
+                             niter=self.kmeans_iters, seed=seed)
         dist: Any = self.distance if "," not in self.distance else [x.strip() for x in self.distance.split(",")]
         if self.kind == "rqvae":
             return RQVAE(levels=self.levels, codebook_size=self.codebook_size, distance=dist,
                          latent_dim=self.latent_dim, hidden=self.hidden, beta=self.beta, epochs=self.epochs,
                          batch_size=self.batch_size, lr=self.lr, kmeans_iters=self.kmeans_iters,
                          restart_window=self.restart_window, seed=seed)
-        if self.kind == "rkmeans":
-            return ResidualKMeans(levels=self.levels, codebook_size=self.codebook_size,
-                                  distance="euclidean" if dist == "hybrid" else dist,
-                                  niter=self.kmeans_iters, seed=seed)
-        return PCAKMeans(pca_dim=self.pca_dim, codebook_size=self.codebook_size, positions=self.positions,
-                         niter=self.kmeans_iters, seed=seed)
+        return ResidualKMeans(levels=self.levels, codebook_size=self.codebook_size, distance=dist,
+                              niter=self.kmeans_iters, seed=seed)
 
 
 class JobSettings(BaseSettings):
@@ -114,6 +140,8 @@ class JobSettings(BaseSettings):
 
     config: Path | None = Field(None, description="TOML config file (CLI flags and SEMREC_* env override it)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+    overwrite: bool = Field(False, description="replace an existing --output folder that is not an earlier output "
+                                               "of this job (never an input, a file, or the working directory)")
 
 
 class TokenizeItemsSettings(JobSettings):
@@ -133,7 +161,8 @@ class TokenizeItemsSettings(JobSettings):
     plots: bool = Field(True, description="write PNG plots of code usage and collision groups")
     ray: RaySettings = RaySettings()
     encoder: EncoderSettings = EncoderSettings()
-    quantizer: QuantizerSettings = QuantizerSettings()
+    # unvalidated default, validated per job: kind-specific defaults are filled in only after the kind is known
+    quantizer: QuantizerSettings = Field(QuantizerSettings.model_construct(), validate_default=True)
 
     @model_validator(mode="after")
     def _one_input(self):

@@ -1,20 +1,11 @@
-"""Reading validated Parquet inputs and publishing outputs atomically.
-
-Outputs are built in a staging directory next to the destination and published by rename
-only after they validate, so a failed run never leaves a partial output and an earlier
-output at the same path stays intact until the new one is complete.
-"""
+"""Reading validated Parquet inputs; Parquet writing and manifests. (Publishing an output atomically, and
+what ``--output`` may replace, is ``semrec.data.output``.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,42 +66,6 @@ def write_manifest(directory: Path, **extra) -> dict:
     manifest = {"rows": total, "files": files, **extra}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-@contextmanager
-def staged_output(dest: str | Path) -> Iterator[Path]:
-    """Yield a fresh staging directory; on success publish it at ``dest`` by rename.
-
-    On any exception the staging directory is removed and ``dest`` is left untouched.
-    Replacing an existing ``dest`` is two renames (old aside, new in) followed by deleting the old one;
-    if the second rename fails, the old output is put back.
-    """
-    dest = Path(dest).absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish(staging, dest)
-
-
-def publish(staging: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dest, old)
-    try:
-        os.rename(staging, dest)
-    except BaseException:
-        if old is not None:
-            os.rename(old, dest)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_table(table: pa.Table, path: Path, **kwargs) -> None:

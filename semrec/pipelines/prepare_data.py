@@ -10,13 +10,14 @@ import logging
 
 from semrec.config import write_effective
 from semrec.config.settings import PrepareDataSettings
-from semrec.data.io import staged_output, write_manifest, write_table
+from semrec.data.io import write_manifest, write_table
+from semrec.data.output import job_output
 
 log = logging.getLogger("semrec.prepare_data")
 
 
 def run(s: PrepareDataSettings) -> dict:
-    with staged_output(s.output) as stage:
+    with job_output(s.output, "prepare_data", [*s.input, s.config], s.overwrite) as stage:
         counts: dict[str, int] = {}
         if s.format == "synthetic":
             from semrec.data.synthetic import write_catalogue, write_sequences

@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from semrec.config import write_effective
 from semrec.config.settings import TokenizeItemsSettings
-from semrec.data.io import (count_rows, parquet_files, read_schema, staged_output, write_manifest, write_table)
+from semrec.data.io import count_rows, parquet_files, read_schema, write_manifest, write_table
+from semrec.data.output import job_output
 from semrec.data.partition import hash_partition, map_partitions, read_partition
 from semrec.errors import InputError
 from semrec.quant.metrics import counts_stats, group_size_stats
@@ -117,6 +118,20 @@ def _suffix_partition(k: int, directory: Path, table_dir: str, codebook_sizes: l
 
 # ----------------------------------------------------------------------------- the job
 def run(s: TokenizeItemsSettings) -> dict:
+    inputs = [s.items, s.embeddings, s.encoder.model_path, s.config]
+    with job_output(s.output, "tokenize_items", inputs, s.overwrite) as stage:
+        report = tokenize(s, stage)
+    out = Path(s.output).absolute()
+    log.info("collision rate before suffix %.4f, largest group %d; utilisation per level %s",
+             report["collisions"]["collision_rate"], report["collisions"]["largest_group"],
+             [round(l["utilisation"], 3) for l in report["levels"]])
+    print(f"token table: {out / 'token_table'}\nreport:      {out / 'report.json'}\n"
+          f"quantizer:   {out / 'quantizer'}")
+    return report
+
+
+def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
+    """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
     import ray.data
 
     from semrec.pipelines.runtime import check_actor_budget, init_ray
@@ -134,120 +149,113 @@ def run(s: TokenizeItemsSettings) -> dict:
     rs = s.ray
     check_actor_budget(rs)
     threads = rs.threads or max(1, math.ceil(rs.cpus_per_actor))
-    with staged_output(s.output) as stage:
-        work = stage / "_work"
-        items_path, emb_path = s.items, s.embeddings
-        if s.sample:
-            from semrec.data.synthetic import write_catalogue
+    work = stage / "_work"
+    items_path, emb_path = s.items, s.embeddings
+    if s.sample:
+        from semrec.data.synthetic import write_catalogue
 
-            items_path = stage / "sample_items"
-            write_catalogue(items_path, s.sample, seed=s.seed, rows_per_shard=max(1, math.ceil(s.sample / 4)))
-            log.info("generated a synthetic catalogue of %d items at %s", s.sample, items_path)
+        items_path = stage / "sample_items"
+        write_catalogue(items_path, s.sample, seed=s.seed, rows_per_shard=max(1, math.ceil(s.sample / 4)))
+        log.info("generated a synthetic catalogue of %d items at %s", s.sample, items_path)
 
-        if items_path is not None:
-            files = parquet_files(items_path, "items")
-            n = validate_items(files)
-            partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
-            items_ds = ray.data.read_parquet([str(f) for f in files])
-            check_unique_ids(items_ds, work / "ids", partitions, str(items_path))
-            emb_dir = (stage / "item_embeddings") if s.keep_embeddings else (work / "item_embeddings")
-            t0 = time.perf_counter()
-            e = s.encoder
-            items_ds.map_batches(
-                EmbedItems, batch_format="pyarrow", batch_size=max(e.batch_size * 4, 256),
-                fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
-                                     e.batch_size, e.max_length, e.dtype, e.device, threads),
-                compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
-                num_gpus=rs.gpus_per_actor or None,
-            ).write_parquet(str(emb_dir))
-            timings["embed_s"] = time.perf_counter() - t0
-            emb_files = parquet_files(emb_dir, "item_embeddings")
-            written = count_rows(emb_files)
-            if written != n:
-                raise InputError(f"embedding stage wrote {written} rows for {n} items")
-            dim = check_embedding_schema(read_schema(emb_files[0]), str(emb_files[0]))
-        else:
-            emb_files = parquet_files(emb_path, "embeddings")
-            partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
-            check_unique_ids(ray.data.read_parquet([str(f) for f in emb_files]), work / "ids", partitions,
-                             str(emb_path))
-        emb_ds = ray.data.read_parquet([str(f) for f in emb_files])
-        log.info("%d items, embedding dim %d, %d partitions", n, dim, partitions)
-
-        # fit on a deterministic sample
+    if items_path is not None:
+        files = parquet_files(items_path, "items")
+        n = validate_items(files)
+        partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
+        items_ds = ray.data.read_parquet([str(f) for f in files])
+        check_unique_ids(items_ds, work / "ids", partitions, str(items_path))
+        emb_dir = (stage / "item_embeddings") if s.keep_embeddings else (work / "item_embeddings")
         t0 = time.perf_counter()
-        sample_ids, x = fit_sample(emb_ds, n, s.fit_sample, s.seed)
-        q = s.quantizer.build(s.seed)
-        try:
-            q.fit(x)
-        except ValueError as err:
-            raise InputError(f"quantizer: {err}") from None
-        qdir = q.save(stage / "quantizer")
-        fit_metrics = q.evaluate(x)
-        timings["fit_s"] = time.perf_counter() - t0
-        fingerprint = q.fingerprint()
-        log.info("fitted %s on %d rows in %.1fs (id %s)", q.kind, len(x), timings["fit_s"], fingerprint)
+        e = s.encoder
+        items_ds.map_batches(
+            EmbedItems, batch_format="pyarrow", batch_size=max(e.batch_size * 4, 256),
+            fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
+                                 e.batch_size, e.max_length, e.dtype, e.device, threads),
+            compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
+            num_gpus=rs.gpus_per_actor or None,
+        ).write_parquet(str(emb_dir))
+        timings["embed_s"] = time.perf_counter() - t0
+        emb_files = parquet_files(emb_dir, "item_embeddings")
+        written = count_rows(emb_files)
+        if written != n:
+            raise InputError(f"embedding stage wrote {written} rows for {n} items")
+        dim = check_embedding_schema(read_schema(emb_files[0]), str(emb_files[0]))
+    else:
+        emb_files = parquet_files(emb_path, "embeddings")
+        partitions = s.partitions or max(1, math.ceil(n / ROWS_PER_PARTITION))
+        check_unique_ids(ray.data.read_parquet([str(f) for f in emb_files]), work / "ids", partitions,
+                         str(emb_path))
+    emb_ds = ray.data.read_parquet([str(f) for f in emb_files])
+    log.info("%d items, embedding dim %d, %d partitions", n, dim, partitions)
 
-        # assign every item (streaming, one quantizer per actor) into hash partitions of the code tuple
-        t0 = time.perf_counter()
-        codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
-                                      fn_constructor_args=(str(qdir), threads),
-                                      compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor)
-        hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)
-        timings["encode_s"] = time.perf_counter() - t0
+    # fit on a deterministic sample
+    t0 = time.perf_counter()
+    sample_ids, x = fit_sample(emb_ds, n, s.fit_sample, s.seed)
+    q = s.quantizer.build(s.seed)
+    try:
+        q.fit(x)
+    except ValueError as err:
+        raise InputError(f"quantizer: {err}") from None
+    qdir = q.save(stage / "quantizer")
+    fit_metrics = q.evaluate(x)
+    timings["fit_s"] = time.perf_counter() - t0
+    fingerprint = q.fingerprint()
+    log.info("fitted %s on %d rows in %.1fs (id %s)", q.kind, len(x), timings["fit_s"], fingerprint)
 
-        # suffix each partition independently
-        t0 = time.perf_counter()
-        table_dir = stage / "token_table"
-        table_dir.mkdir()
-        meta = {"table": "token_table", "quantizer": q.kind, "quantizer_id": fingerprint, "levels": q.levels,
-                "codebook_sizes": q.codebook_sizes, "distances": q.distance_names, "seed": s.seed}
-        results = map_partitions(work / "codes", _suffix_partition, str(table_dir), q.codebook_sizes, meta)
-        timings["suffix_s"] = time.perf_counter() - t0
-        shutil.rmtree(work, ignore_errors=True)
+    # assign every item (streaming, one quantizer per actor) into hash partitions of the code tuple
+    t0 = time.perf_counter()
+    codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
+                                  fn_constructor_args=(str(qdir), threads),
+                                  compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor)
+    hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)
+    timings["encode_s"] = time.perf_counter() - t0
 
-        # validate and describe
-        rows = sum(r["rows"] for r in results.values())
-        if rows != n:
-            raise InputError(f"token table has {rows} rows for {n} input items")
-        out_files = parquet_files(table_dir, "token table")
-        expected = token_table_schema(q.codebook_sizes)
-        for f in out_files:
-            if not read_schema(f).remove_metadata().equals(expected):
-                raise InputError(f"{f}: token table schema mismatch")
-        width = max(len(r["hist"]) for r in results.values())
-        hist = np.sum([np.pad(r["hist"], (0, width - len(r["hist"]))) for r in results.values()], axis=0)
-        level_counts = [np.sum([r["counts"][j] for r in results.values()], axis=0) for j in range(q.levels)]
-        table_bytes = sum(f.stat().st_size for f in out_files)
-        timings["total_s"] = time.perf_counter() - t_start
-        report = {
-            "items": n,
-            "embedding_dim": dim,
-            "quantizer": {"kind": q.kind, "id": fingerprint, "codebook_sizes": q.codebook_sizes,
-                          "distances": q.distance_names, "fit_rows": int(len(x)), "fitted": q.fitted_},
-            "levels": [counts_stats(c) for c in level_counts],
-            "collisions": {**group_size_stats(hist, n),
-                           "group_size_histogram": {int(k): int(v) for k, v in enumerate(hist) if v}},
-            "fit_sample": {"rows": int(len(x)), "reconstruction_mse": fit_metrics["reconstruction_mse"]},
-            "token_table": {"files": len(out_files), "bytes": table_bytes, "bytes_per_row": table_bytes / n},
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-        }
-        write_manifest(table_dir, quantizer_id=fingerprint, schema="token_table", schema_version=1,
-                       codebook_sizes=q.codebook_sizes, distances=q.distance_names, seed=s.seed)
-        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if s.plots:
-            from semrec.pipelines.report import plot_code_usage, plot_collision_groups
+    # suffix each partition independently
+    t0 = time.perf_counter()
+    table_dir = stage / "token_table"
+    table_dir.mkdir()
+    meta = {"table": "token_table", "quantizer": q.kind, "quantizer_id": fingerprint, "levels": q.levels,
+            "codebook_sizes": q.codebook_sizes, "distances": q.distance_names, "seed": s.seed}
+    results = map_partitions(work / "codes", _suffix_partition, str(table_dir), q.codebook_sizes, meta)
+    timings["suffix_s"] = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
 
-            (stage / "plots").mkdir()
-            plot_code_usage(level_counts, stage / "plots" / "code_usage.png")
-            plot_collision_groups(hist, stage / "plots" / "collision_groups.png")
-        write_effective(s, stage / "effective_config.json")
-    out = Path(s.output).absolute()
-    log.info("collision rate before suffix %.4f, largest group %d; utilisation per level %s",
-             report["collisions"]["collision_rate"], report["collisions"]["largest_group"],
-             [round(l["utilisation"], 3) for l in report["levels"]])
-    print(f"token table: {out / 'token_table'}\nreport:      {out / 'report.json'}\n"
-          f"quantizer:   {out / 'quantizer'}")
+    # validate and describe
+    rows = sum(r["rows"] for r in results.values())
+    if rows != n:
+        raise InputError(f"token table has {rows} rows for {n} input items")
+    out_files = parquet_files(table_dir, "token table")
+    expected = token_table_schema(q.codebook_sizes)
+    for f in out_files:
+        if not read_schema(f).remove_metadata().equals(expected):
+            raise InputError(f"{f}: token table schema mismatch")
+    width = max(len(r["hist"]) for r in results.values())
+    hist = np.sum([np.pad(r["hist"], (0, width - len(r["hist"]))) for r in results.values()], axis=0)
+    level_counts = [np.sum([r["counts"][j] for r in results.values()], axis=0) for j in range(q.levels)]
+    table_bytes = sum(f.stat().st_size for f in out_files)
+    timings["total_s"] = time.perf_counter() - t_start
+    report = {
+        "items": n,
+        "embedding_dim": dim,
+        "quantizer": {"kind": q.kind, "id": fingerprint, "codebook_sizes": q.codebook_sizes,
+                      "distances": q.distance_names, "fit_rows": int(len(x)), "fitted": q.fitted_},
+        "levels": [counts_stats(c) for c in level_counts],
+        "collisions": {**group_size_stats(hist, n),
+                       "group_size_histogram": {int(k): int(v) for k, v in enumerate(hist) if v}},
+        "fit_sample": {"rows": int(len(x)), "reconstruction_mse": fit_metrics["reconstruction_mse"]},
+        "token_table": {"files": len(out_files), "bytes": table_bytes, "bytes_per_row": table_bytes / n},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    write_manifest(table_dir, quantizer_id=fingerprint, schema="token_table", schema_version=1,
+                   codebook_sizes=q.codebook_sizes, distances=q.distance_names, seed=s.seed)
+    (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if s.plots:
+        from semrec.pipelines.report import plot_code_usage, plot_collision_groups
+
+        (stage / "plots").mkdir()
+        plot_code_usage(level_counts, stage / "plots" / "code_usage.png")
+        plot_collision_groups(hist, stage / "plots" / "collision_groups.png")
+    write_effective(s, stage / "effective_config.json")
     return report
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from semrec.config import write_effective
 from semrec.config.settings import TrainSeqRecSettings
-from semrec.data.io import staged_output
+from semrec.data.output import job_output
 from semrec.data.sequences import frozen_negatives, s3rec_negatives
 
 log = logging.getLogger("semrec.train_seqrec")
@@ -58,6 +58,16 @@ def token_sizes(s: TrainSeqRecSettings, n_items: int, codebook_sizes: list[int] 
 
 
 def run(s: TrainSeqRecSettings) -> dict:
+    inputs = [s.sequences, s.tokens, s.embeddings, s.eval.negatives_file, s.eval.negatives_dir, s.run_dir, s.config]
+    with job_output(s.output, "train_seqrec", inputs, s.overwrite) as stage:
+        report = train(s, stage)
+    print(results_table([report]))
+    print(f"metrics: {Path(s.output).absolute() / 'metrics.json'}")
+    return report
+
+
+def train(s: TrainSeqRecSettings, stage: Path) -> dict:
+    """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -91,42 +101,39 @@ def run(s: TrainSeqRecSettings) -> dict:
                           f"CPUs but the cluster has {total_cpus:g}: lower train.cpus_per_worker (e.g. 0.5)")
     name = run_name(s)
     storage = Path(s.run_dir).absolute()
-    with staged_output(s.output) as stage:
-        neg_path = stage / "_negatives.npy"
-        np.save(neg_path, negatives)
-        cfg.update({"negatives_npy": str(neg_path), "ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
-        # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
-        # previous run with this name finished, or when asked to
-        state = run_state(storage / name)
-        if state is not None and (not s.resume or state.get("done")):
-            log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
-            shutil.rmtree(storage / name)
-        elif state is not None:
-            log.info("resuming %s after epoch %d", name, state["epoch"])
-        trainer = TorchTrainer(
-            train_loop, train_loop_config=cfg,
-            scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
-                                         resources_per_worker={"CPU": s.train.cpus_per_worker}),
-            run_config=RunConfig(name=name, storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
-        result = trainer.fit()
-        final = result.metrics or {}
-        if not final.get("done"):
-            raise RuntimeError(f"training ended without final metrics: {final}")
-        neg_path.unlink()
-        metrics = {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}
-        report = {"dataset": dataset, "mode": s.model.mode, "users": len(seqs), "items": seqs.n_items,
-                  "negatives": source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
-                  "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
-                  "train_s": final["train_s"],
-                  "workers": s.train.num_workers, "run_name": name, "metrics": metrics,
-                  "token_size": token_sizes(s, seqs.n_items, assets.codebook_sizes or _joint_sizes(assets))}
-        (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        (stage / "results.md").write_text(results_table([report]))
-        _save_model(result.checkpoint, stage / "model", cfg)
-        write_effective(s, stage / "effective_config.json")
-    print(results_table([report]))
-    print(f"metrics: {Path(s.output).absolute() / 'metrics.json'}")
+    neg_path = stage / "_negatives.npy"
+    np.save(neg_path, negatives)
+    cfg.update({"negatives_npy": str(neg_path), "ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
+    # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
+    # previous run with this name finished, or when asked to
+    state = run_state(storage / name)
+    if state is not None and (not s.resume or state.get("done")):
+        log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
+        shutil.rmtree(storage / name)
+    elif state is not None:
+        log.info("resuming %s after epoch %d", name, state["epoch"])
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=cfg,
+        scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
+                                     resources_per_worker={"CPU": s.train.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    result = trainer.fit()
+    final = result.metrics or {}
+    if not final.get("done"):
+        raise RuntimeError(f"training ended without final metrics: {final}")
+    neg_path.unlink()
+    metrics = {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}
+    report = {"dataset": dataset, "mode": s.model.mode, "users": len(seqs), "items": seqs.n_items,
+              "negatives": source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
+              "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
+              "train_s": final["train_s"],
+              "workers": s.train.num_workers, "run_name": name, "metrics": metrics,
+              "token_size": token_sizes(s, seqs.n_items, assets.codebook_sizes or _joint_sizes(assets))}
+    (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (stage / "results.md").write_text(results_table([report]))
+    _save_model(result.checkpoint, stage / "model", cfg)
+    write_effective(s, stage / "effective_config.json")
     return report
 
 

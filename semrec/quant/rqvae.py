@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semrec.determinism import reproducible
 from semrec.quant.base import ResidualQuantizer, as_float32
 from semrec.quant.distances import Distance
 from semrec.quant.residual import assign_fast
@@ -39,15 +40,31 @@ def mlp(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+MIN_POINTS_PER_CENTROID = 39  # faiss' own threshold for a warning
+_warned: set[tuple[int, int]] = set()
+
+
+def warn_small_sample(n: int, k: int) -> None:
+    """One semrec warning per (rows, codes) and process when k-means has fewer than 39 points per code
+    (faiss would print its own C++ warning once per level and k-means call)."""
+    if n < MIN_POINTS_PER_CENTROID * k and (n, k) not in _warned:
+        _warned.add((n, k))
+        log.warning("fitting %d codes per level on %d rows (%.1f rows per code; k-means wants >= %d): codes will "
+                    "be noisier and more items will share codes. Give more items (--fit_sample) or fewer codes "
+                    "(--quantizer.codebook_size)", k, n, n / k, MIN_POINTS_PER_CENTROID)
+
+
 def kmeans_centroids(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool = False,
                      max_points_per_centroid: int = 256) -> np.ndarray:
-    """faiss k-means; with fewer points than clusters, centroids are points drawn with replacement."""
+    """faiss k-means; with fewer points than clusters, centroids are points drawn with replacement.
+    Deterministic for the same inputs and seed at any thread count (measured)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    warn_small_sample(len(x), k)
     if len(x) < k:
         rng = np.random.default_rng(seed)
         return x[rng.integers(0, len(x), size=k)] + rng.normal(0, 1e-4, size=(k, x.shape[1])).astype(np.float32)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=spherical,
-                      max_points_per_centroid=max_points_per_centroid, verbose=False)
+                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1, verbose=False)
     km.train(x)
     return km.centroids.copy()
 
@@ -139,9 +156,14 @@ class RQVAE(ResidualQuantizer):
         return n_dead
 
     def fit(self, x: np.ndarray) -> "RQVAE":
+        """Train on ``x``; bit-identical for the same data and seed at any thread count, and the caller's
+        global torch RNG state is left as it was (``semrec.determinism.reproducible``)."""
+        with reproducible(self.params["seed"], self.device):
+            return self._fit(as_float32(x))
+
+    def _fit(self, x_np: np.ndarray) -> "RQVAE":
         p = self.params
-        x_np = as_float32(x)
-        torch.manual_seed(p["seed"])
+        warn_small_sample(len(x_np), max(self.codebook_sizes))
         gen = torch.Generator().manual_seed(p["seed"])
         self.module = self._build(x_np.shape[1])
         self.fitted_ = {"input_dim": int(x_np.shape[1]), "train_rows": int(len(x_np))}
