@@ -131,6 +131,7 @@ def _bad_cases(tmp: Path):
     write_table(embeddings_table(x, ids=[5] + list(range(1, 200))), tmp / "dup.parquet")
     write_table(embeddings_table(x), tmp / "ok.parquet")
     write_table(embeddings_table(x[:0]), tmp / "empty.parquet")
+    corrupt_page(tmp / "corrupt.parquet", embeddings_table(x), "embedding")
     return {
         "missing column": (["--items", _items(tmp / "no_title.parquet", item_id=pa.array([1, 2], pa.int64()),
                                               name=["a", "b"])], "missing required column 'title'"),
@@ -144,6 +145,8 @@ def _bad_cases(tmp: Path):
                                "65,536"),
         "zero rows": (["--embeddings", tmp / "empty.parquet"], "zero rows"),
         "unreadable file": (["--embeddings", garbage], "cannot read Parquet"),
+        "corrupt data page": (["--embeddings", tmp / "corrupt.parquet"],
+                              f"{tmp / 'corrupt.parquet'}: cannot read column 'embedding' in row group 0"),
         "missing input": (["--embeddings", tmp / "nope"], "not found"),
         "actor pool would starve readers": (["--embeddings", tmp / "ok.parquet", "--ray.cpus_per_actor", "1.5"],
                                             "the pipeline would hang"),
@@ -152,7 +155,8 @@ def _bad_cases(tmp: Path):
 
 @pytest.mark.parametrize("case", ["missing column", "wrong dtype", "nan in fit sample", "nan outside fit sample",
                                   "empty text", "duplicate ids", "codebook too large", "zero rows",
-                                  "unreadable file", "missing input", "actor pool would starve readers"])
+                                  "unreadable file", "corrupt data page", "missing input",
+                                  "actor pool would starve readers"])
 def test_bad_input_fails_clearly_and_keeps_previous_output(ray_local, tmp_path, capsys, case):
     args, message = _bad_cases(tmp_path)[case]
     out = tmp_path / "tokens"
@@ -162,10 +166,31 @@ def test_bad_input_fails_clearly_and_keeps_previous_output(ray_local, tmp_path, 
     code = run_job([*args, "--output", out, "--quantizer.kind", "rkmeans", "--quantizer.codebook_size", "8",
                     "--no-plots"] if case != "codebook too large" else [*args, "--output", out])
     err = capsys.readouterr().err
-    assert code != 0
+    assert code == (2 if case in ("codebook too large", "actor pool would starve readers") else 3), err[-2000:]
     assert message in err, err[-2000:]
     assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MANIFEST, "previous.txt"], "earlier output must stay"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokens.")], "no staging left behind"
+
+
+def corrupt_page(path: Path, table: pa.Table, column: str) -> None:
+    """Write ``table`` and scramble the first data page of ``column``; the footer stays intact."""
+    write_table(table, path, use_dictionary=False)
+    meta = pq.ParquetFile(path).metadata.row_group(0).column(table.schema.get_field_index(column))
+    data = bytearray(path.read_bytes())
+    for i in range(meta.data_page_offset + 2, meta.data_page_offset + 200):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    assert pq.read_schema(path).names == table.schema.names  # the footer still reads
+
+
+def test_corrupt_page_in_a_driver_side_read_names_the_file(tmp_path):
+    from semrec.data.io import read_table as read_files
+    from semrec.errors import InputError
+
+    corrupt_page(tmp_path / "seq.parquet", pa.table({"user_id": pa.array(range(500), pa.int64()),
+                                                     "item_ids": [[1, 2, 3]] * 500}), "item_ids")
+    with pytest.raises(InputError, match=r"user_sequences .*seq.parquet: cannot read Parquet data"):
+        read_files([tmp_path / "seq.parquet"], "user_sequences")
 
 
 def test_cli_help_and_exit_code_in_a_subprocess(tmp_path):

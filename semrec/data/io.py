@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,6 +46,77 @@ def count_rows(files: list[Path]) -> int:
         except Exception as e:
             raise InputError(f"{f}: cannot read Parquet footer ({type(e).__name__}: {e})") from None
     return n
+
+
+def read_table(files: list[Path] | Path, what: str = "input", columns: list[str] | None = None) -> pa.Table:
+    """Read Parquet files in the driver; an unreadable file (corrupt page, truncated, not Parquet) is an
+    InputError naming it."""
+    tables = []
+    for f in [files] if isinstance(files, (str, Path)) else files:
+        try:
+            tables.append(pq.read_table(f, columns=columns))
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{what} {f}: cannot read Parquet data ({type(e).__name__}: {_one_line(e)})") from None
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def first_unreadable(file: str | Path, batch_rows: int = 65_536) -> str | None:
+    """Scan one Parquet file batch by batch (bounded memory); describe the first unreadable part, or None."""
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as e:  # noqa: BLE001 -- any footer failure is reported as such
+        return f"{file}: cannot read Parquet footer ({type(e).__name__}: {_one_line(e)})"
+    row = 0
+    for rg in range(pf.num_row_groups):
+        for name in pf.schema_arrow.names:  # column by column, so the message names the column
+            try:
+                for _ in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=[name]):
+                    pass
+            except (OSError, pa.ArrowException) as e:
+                return (f"{file}: cannot read column '{name}' in row group {rg} (rows {row:,}-"
+                        f"{row + pf.metadata.row_group(rg).num_rows - 1:,}): {type(e).__name__}: {_one_line(e)}")
+        row += pf.metadata.row_group(rg).num_rows
+    return None
+
+
+def is_read_error(exc: BaseException) -> bool:
+    """An OSError / Arrow error anywhere in an exception chain (Ray wraps a read task's error)."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (OSError, pa.ArrowException)):
+            return True
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+    return False
+
+
+@contextmanager
+def input_read_errors(files: list[Path], what: str) -> Iterator[None]:
+    """Turn a failure to read ``files`` inside a Ray Data pipeline into an InputError naming the file, row
+    group and column. Ray's error does not name the file, so on a read error the files are scanned (one
+    Ray task per file, only on this failure path); an error no scan reproduces is re-raised as it is."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:
+        if not is_read_error(e):
+            raise
+        import ray
+
+        scan = ray.remote(num_cpus=0.5)(first_unreadable)
+        found = [m for m in ray.get([scan.remote(str(f)) for f in files]) if m]
+        if not found:
+            raise
+        more = f" (and {len(found) - 1} more unreadable files)" if len(found) > 1 else ""
+        raise InputError(f"{what} {found[0]}{more}") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

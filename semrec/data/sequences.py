@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semrec.data.io import parquet_files, write_table
+from semrec.data.io import parquet_files, read_table, write_table
 from semrec.errors import InputError
 from semrec.schemas import decode_metadata, encode_metadata
 
@@ -35,7 +35,7 @@ class Sequences:
 def load_sequences(path: str | Path, n_items: int | None = None) -> Sequences:
     """Read ``user_sequences`` Parquet; refuse sequences shorter than 3 and unknown item ids."""
     files = parquet_files(path, "user_sequences")
-    t = pa.concat_tables([pq.read_table(f, columns=["user_id", "item_ids"]) for f in files])
+    t = read_table(files, "user_sequences", columns=["user_id", "item_ids"])
     users = t.column("user_id").to_numpy()
     items = [np.asarray(x, dtype=np.int64) for x in t.column("item_ids").to_pylist()]
     order = np.argsort(users, kind="stable")
@@ -84,7 +84,7 @@ def write_negatives(path: Path, user_ids: np.ndarray, negatives: np.ndarray, **m
 
 
 def read_negatives(path: Path, seqs: Sequences) -> np.ndarray:
-    t = pq.read_table(path)
+    t = read_table(path, "negatives")
     by_user = dict(zip(t.column("user_id").to_pylist(), t.column("negatives").to_pylist()))
     missing = [u for u in seqs.user_ids[:5].tolist() if u not in by_user]
     if missing or len(by_user) < len(seqs):

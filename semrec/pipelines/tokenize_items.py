@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from semrec.config import write_effective
 from semrec.config.settings import TokenizeItemsSettings
-from semrec.data.io import count_rows, parquet_files, read_schema, write_manifest, write_table
+from semrec.data.io import (count_rows, input_read_errors, parquet_files, read_schema, write_manifest,
+                            write_table)
 from semrec.data.output import job_output
 from semrec.data.partition import hash_partition, map_partitions, read_partition
 from semrec.errors import InputError
@@ -120,7 +121,10 @@ def _suffix_partition(k: int, directory: Path, table_dir: str, codebook_sizes: l
 def run(s: TokenizeItemsSettings) -> dict:
     inputs = [s.items, s.embeddings, s.encoder.model_path, s.config]
     with job_output(s.output, "tokenize_items", inputs, s.overwrite) as stage:
-        report = tokenize(s, stage)
+        what = "items" if s.items else "embeddings"
+        files = parquet_files(s.items or s.embeddings, what) if s.sample is None else []
+        with input_read_errors(files, what):  # a corrupt page met by a Ray Data read task names its file
+            report = tokenize(s, stage)
     out = Path(s.output).absolute()
     log.info("collision rate before suffix %.4f, largest group %d; utilisation per level %s",
              report["collisions"]["collision_rate"], report["collisions"]["largest_group"],

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from semrec.data.io import parquet_files
+from semrec.data.io import parquet_files, read_table
 from semrec.data.sequences import NegativeSampler, Sequences, eval_arrays, load_sequences, train_arrays
 from semrec.errors import InputError
 from semrec.eval.metrics import ranking_metrics, ranks_full, ranks_sampled
@@ -55,7 +55,7 @@ def load_token_codes(tokens: Path, n_items: int, use_suffix: bool) -> tuple[np.n
             raise InputError(f"{f}: codebook sizes differ from {files[0]} ({sizes}): mixed token tables")
     if not sizes:
         raise InputError(f"{files[0]}: no semrec.codebook_sizes metadata (not a semrec token table)")
-    t = pq.read_table(files)
+    t = read_table(files, "token table")
     ids = t.column("item_id").to_numpy()
     cols = [f"c{j}" for j in range(len(sizes))]
     if use_suffix:
@@ -80,7 +80,7 @@ def load_token_codes(tokens: Path, n_items: int, use_suffix: bool) -> tuple[np.n
 
 def load_text_embeddings(path: Path, n_items: int) -> np.ndarray:
     files = parquet_files(path, "item embeddings")
-    t = pq.read_table(files)
+    t = read_table(files, "item embeddings")
     ids = t.column("item_id").to_numpy()
     col = t.column("embedding").combine_chunks()
     x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).astype(np.float32)
