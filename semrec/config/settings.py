@@ -30,6 +30,10 @@ class RaySettings(Section):
                                                         "ceil(cpus_per_actor))")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per embedding actor on a GPU cluster")
     batch_size: int = Field(8192, ge=1, description="rows per batch of the encoding stage")
+    actor_restarts: int = Field(0, ge=-1, description="restarts of a crashed embedding/encoding actor (-1 = "
+                                                      "unlimited, e.g. on preemptible nodes; Ray then logs an "
+                                                      "error-level 'max_restarts > 0' line per actor, ray#53727); "
+                                                      "a failed job is safe to rerun")
 
 
 class EncoderSettings(Section):

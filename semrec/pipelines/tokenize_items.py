@@ -176,7 +176,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
             fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
                                  e.batch_size, e.max_length, e.dtype, e.device, threads),
             compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
-            num_gpus=rs.gpus_per_actor or None,
+            num_gpus=rs.gpus_per_actor or None, max_restarts=rs.actor_restarts,
         ).write_parquet(str(emb_dir))
         timings["embed_s"] = time.perf_counter() - t0
         emb_files = parquet_files(emb_dir, "item_embeddings")
@@ -210,7 +210,8 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     t0 = time.perf_counter()
     codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
                                   fn_constructor_args=(str(qdir), threads),
-                                  compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor)
+                                  compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
+                                  max_restarts=rs.actor_restarts)
     hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)
     timings["encode_s"] = time.perf_counter() - t0
 

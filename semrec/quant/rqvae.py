@@ -50,8 +50,8 @@ def warn_small_sample(n: int, k: int) -> None:
     if n < MIN_POINTS_PER_CENTROID * k and (n, k) not in _warned:
         _warned.add((n, k))
         log.warning("fitting %d codes per level on %d rows (%.1f rows per code; k-means wants >= %d): codes will "
-                    "be noisier and more items will share codes. Give more items (--fit_sample) or fewer codes "
-                    "(--quantizer.codebook_size)", k, n, n / k, MIN_POINTS_PER_CENTROID)
+                    "be noisier and more items will share codes. Give more items (or a larger --fit_sample) or "
+                    "fewer codes (--quantizer.codebook_size)", k, n, n / k, MIN_POINTS_PER_CENTROID)
 
 
 def kmeans_centroids(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool = False,
