@@ -1,14 +1,13 @@
-"""`ray job submit` against a real local head node (`ray start --head`), as a user would on a cluster."""
+"""A real token-authenticated head node (`ray start --head`, via infra/ray_head.py) and `jobs/submit.py`,
+exactly as infra/README.md tells a user, next to the in-process Ray this test session already runs."""
 
+import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,94 +15,76 @@ from semrec.data.io import write_table
 from helpers import ROOT, clustered, embeddings_table
 
 pytestmark = pytest.mark.cluster
-RAY = str(Path(sys.executable).parent / "ray")
+JOB_FLAGS = ["--quantizer.kind", "rkmeans", "--quantizer.codebook_size", "16", "--no-plots",
+             "--ray.cpus_per_actor", "0.5"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def client_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a fresh shell: no Ray settings
+    return {**env, "PYTHONPATH": str(ROOT)}
 
 
-def _stop_cluster(marks: list[str]) -> None:
-    """Stop only this head node's processes (`ray stop` would also kill other Ray instances)."""
-    procs = {p for p in psutil.process_iter(["cmdline"])
-             if any(m in a for a in (p.info["cmdline"] or []) for m in marks)}
-    for p in list(procs):
-        try:
-            procs.update(p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    live = []
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                p.terminate()
-                live.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(live, timeout=3)
-    for p in alive:
-        p.kill()
+def run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, cmd)], cwd=cwd, env=client_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
-@pytest.fixture()
-def head_node(tmp_path_factory):
-    temp_dir = Path("/tmp") / f"semrec-ray-{os.getpid()}-{_free_port()}"  # short: unix socket paths are limited
-    port, dash = _free_port(), _free_port()
-    # the job's `python` is the one on the head node's PATH: this virtualenv's, as after `source .venv/bin/activate`
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-           "--num-cpus=2", "--object-store-memory=500000000", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           # every port of its own: an in-process Ray of the same test session holds the defaults
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
-           f"--object-manager-port={_free_port()}"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    d = tmp_path_factory.mktemp("head")
+    r = run([ROOT / "infra" / "ray_head.py", "start", "--dir", d, "--num-cpus", "2", "--object-store-mb", "500"],
+            cwd=ROOT, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = json.loads((d / "head.json").read_text())
+    assert oct((d / "auth_token").stat().st_mode & 0o777) == "0o600"
     try:
-        yield f"http://127.0.0.1:{dash}"
+        yield info
     finally:
-        _stop_cluster([str(temp_dir), f":{port}"])
+        r = run([ROOT / "infra" / "ray_head.py", "stop", "--dir", d], cwd=ROOT, timeout=60)
+        assert r.returncode == 0, r.stderr
 
 
-def test_ray_job_submit_tokenizes_on_a_head_node(head_node, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    x = clustered(n=2000, d=16, seed=2)
-    write_table(embeddings_table(x), tmp_path / "emb.parquet")
-    out = tmp_path / "tokens"
-    client = JobSubmissionClient(head_node)
-    deadline = time.time() + 120
-    while True:  # the head's job agent may need a few seconds after `ray start` returns
-        try:
-            job = submit(client, tmp_path, out)
-            break
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.time() > deadline:
-                raise
-            time.sleep(2)
-    deadline = time.time() + 300
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, "job did not finish in 5 minutes"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert "token table:" in logs
-    t = pq.read_table(out / "token_table")
+def test_submit_with_relative_paths_tokenizes_on_an_authenticated_head(head, tmp_path):
+    (tmp_path / "data").mkdir()
+    write_table(embeddings_table(clustered(n=2000, d=16, seed=2)), tmp_path / "data" / "emb.parquet")
+    # relative paths, from the user's own folder: made absolute on the client before submission
+    r = run([ROOT / "jobs" / "submit.py", "--address", head["address"], "--token-file", head["token_file"],
+             "--", "python", "jobs/tokenize_items.py", "--embeddings", "data/emb.parquet", "--output", "out/tokens",
+             *JOB_FLAGS], cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert f"--output {tmp_path / 'out' / 'tokens'}" in r.stdout and "token table:" in r.stdout
+    t = pq.read_table(tmp_path / "out" / "tokens" / "token_table")
     assert t.num_rows == 2000
     keys = np.stack([t.column(c).to_numpy() for c in ("c0", "c1", "c2", "suffix")], axis=1)
     assert len(np.unique(keys, axis=0)) == 2000
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")], "no staging or lock left"
 
 
-def submit(client, tmp_path, out):
-    return client.submit_job(
-        entrypoint=(f"python jobs/tokenize_items.py --embeddings {tmp_path / 'emb.parquet'} --output {out} "
-                    "--quantizer.kind rkmeans --quantizer.codebook_size 16 --no-plots --ray.cpus_per_actor 0.5"),
-        runtime_env={"working_dir": str(ROOT), "env_vars": {"RAY_AUTH_MODE": "disabled"},
-                     "excludes": [".venv", ".git", "out", "*.egg-info", ".benchmarks", "__pycache__"]},
-    )
+def test_the_head_refuses_clients_without_the_token(head, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+
+    with pytest.raises(Exception) as e:  # Ray raises on a 401 from the dashboard
+        JobSubmissionClient(head["address"], headers={"Authorization": "Bearer wrong"}).list_jobs()
+    assert "401" in str(e.value) or "uthentication" in str(e.value)
+
+
+def test_a_job_refuses_relative_paths_under_ray_job_submit(head, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    token = Path(head["token_file"]).read_text().strip()
+    client = JobSubmissionClient(head["address"], headers={"Authorization": f"Bearer {token}"})
+    # plain `ray job submit` semantics: the entrypoint's paths are passed as typed
+    job = client.submit_job(entrypoint="python jobs/tokenize_items.py --sample 50 --output out/rel --no-plots",
+                            runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "out", "data"]})
+    import time
+
+    deadline = time.time() + 180
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < deadline
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.FAILED and client.get_job_info(job).driver_exit_code == 2, logs[-2000:]
+    assert "relative paths under `ray job submit`: --output out/rel" in logs
 
 
 def test_local_start_retries_a_missed_raylet_deadline(monkeypatch):

@@ -13,10 +13,11 @@ import json
 import os
 import sys
 import tomllib
+import typing
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource, TomlConfigSettingsSource
 
 from semrec.errors import ConfigError
@@ -72,6 +73,35 @@ def load_settings(cls: type[S], argv: list[str] | None = None, prog: str | None 
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"{cls.__name__} ({toml_path or 'CLI/environment'})")) from None
     return loaded
+
+
+def _has_path(annotation) -> bool:
+    return annotation is Path or any(_has_path(a) for a in typing.get_args(annotation))
+
+
+def path_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of every path-valued setting of ``cls`` (``items``, ``encoder.model_path``, ...)."""
+    names = []
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += path_fields(ann, f"{prefix}{name}.")
+        elif _has_path(ann):
+            names.append(prefix + name)
+    return names
+
+
+def path_values(settings: BaseModel) -> dict[str, list[Path]]:
+    """Every path-valued setting with its value(s) (unset ones left out)."""
+    out = {}
+    for name in path_fields(type(settings)):
+        v: object = settings
+        for part in name.split("."):
+            v = getattr(v, part)
+        vals = [v] if isinstance(v, Path) else list(v or [])
+        if vals:
+            out[name] = vals
+    return out
 
 
 def write_effective(settings: BaseSettings, path: Path) -> None:

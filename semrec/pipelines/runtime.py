@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from typing import Callable
 
-from semrec.config import load_settings
+from semrec.config import load_settings, path_values
 from semrec.config.settings import JobSettings, RaySettings
 from semrec.errors import ConfigError, SemrecError
 
@@ -76,10 +77,36 @@ def find_semrec_error(exc: BaseException) -> SemrecError | None:
     return None
 
 
+def ray_job_working_dir() -> str | None:
+    """The uploaded working directory when this process is a `ray job submit` driver, else None."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the driver
+    if not raw:
+        return None
+    try:
+        return (json.loads(raw).get("runtime_env") or {}).get("working_dir") or None
+    except ValueError:
+        return None
+
+
+def refuse_relative_paths_in_ray_job(settings: JobSettings) -> None:
+    """Under `ray job submit --working-dir`, the job runs inside a temporary copy of the working directory:
+    a relative input is looked up there (and data/ is not uploaded), a relative output vanishes with the
+    Ray session. Refuse them, naming each."""
+    if ray_job_working_dir() is None:
+        return
+    rel = [f"--{name} {p}" for name, vals in path_values(settings).items() for p in vals if not p.is_absolute()]
+    if rel:
+        raise ConfigError(f"relative paths under `ray job submit`: {', '.join(rel)}. This job runs in a temporary "
+                          f"copy of --working-dir ({os.getcwd()}), so relative inputs are looked up there and "
+                          f"outputs would vanish with the Ray session; give absolute paths on storage every node "
+                          f"sees (jobs/submit.py makes them absolute for you)")
+
+
 def job_main(settings_cls: type[JobSettings], run: Callable[[JobSettings], object], prog: str,
              argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(settings_cls, argv, prog=prog)
+        refuse_relative_paths_in_ray_job(settings)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             stream=sys.stderr)
         run(settings)
