@@ -61,3 +61,41 @@ def test_build_maps_settings_to_quantizers():
 def test_prepare_data_requires_format_and_output():
     with pytest.raises(ConfigError, match="format"):
         load_settings(PrepareDataSettings, ["--output", "x"])
+
+
+# ----------------------------------------------------------------------------- settings are honoured or refused
+def test_rkmeans_honours_an_explicit_hybrid_distance_and_defaults_to_euclidean():
+    q = load_settings(TokenizeItemsSettings, ["--sample", "10", "--quantizer.kind", "rkmeans",
+                                              "--quantizer.distance", "hybrid"]).quantizer.build(0)
+    assert q.kind == "rkmeans" and q.distance_names == ["cosine", "cosine", "euclidean"]
+    s = load_settings(TokenizeItemsSettings, ["--sample", "10", "--quantizer.kind", "rkmeans"])
+    assert s.quantizer.build(0).distance_names == ["euclidean"] * 3
+    assert s.quantizer.epochs is None  # rqvae-only settings stay unset (and so in effective_config.json)
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--quantizer.kind", "pcakmeans", "--quantizer.levels", "4"], "quantizer.levels does not apply to kind=pcakmeans"),
+    (["--quantizer.kind", "pcakmeans", "--quantizer.distance", "cosine"], "quantizer.distance does not apply"),
+    (["--quantizer.kind", "rkmeans", "--quantizer.epochs", "5"], "quantizer.epochs does not apply to kind=rkmeans"),
+    (["--quantizer.positions", "2"], "quantizer.positions does not apply to kind=rqvae"),
+])
+def test_settings_that_do_not_apply_are_errors_naming_them(argv, field):
+    with pytest.raises(ConfigError, match=field):
+        load_settings(TokenizeItemsSettings, ["--sample", "10", *argv])
+
+
+def test_semrec_config_env_is_honoured_and_config_inside_toml_is_refused(tmp_path, monkeypatch):
+    cfg = tmp_path / "job.toml"
+    cfg.write_text("sample = 100\n[quantizer]\nlevels = 5\n")
+    monkeypatch.setenv("SEMREC_CONFIG", str(cfg))
+    s = load_settings(TokenizeItemsSettings, [])
+    assert s.sample == 100 and s.quantizer.levels == 5
+    assert load_settings(TokenizeItemsSettings, ["--quantizer.levels", "2"]).quantizer.levels == 2  # CLI wins
+    monkeypatch.setenv("SEMREC_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="missing.toml .from SEMREC_CONFIG"):
+        load_settings(TokenizeItemsSettings, [])
+    nested = tmp_path / "nested.toml"
+    nested.write_text(f'config = "{cfg}"\nsample = 10\n')
+    monkeypatch.delenv("SEMREC_CONFIG")
+    with pytest.raises(ConfigError, match="'config' cannot be set inside a config file"):
+        load_settings(TokenizeItemsSettings, ["--config", str(nested)])

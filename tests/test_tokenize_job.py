@@ -207,3 +207,16 @@ def test_cli_help_and_exit_code_in_a_subprocess(tmp_path):
     c = subprocess.run([sys.executable, str(job), "--sample", "100", "--quantizer.levels", "0"],
                        capture_output=True, text=True, timeout=120)
     assert c.returncode == 2 and "quantizer.levels" in c.stderr
+
+
+def test_a_normal_run_logs_no_error_or_hang_lines_and_one_small_sample_warning(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "tokenize_items.py"), "--sample", "300", "--output",
+                        str(tmp_path / "o"), "--quantizer.kind", "rkmeans", "--quantizer.codebook_size", "64",
+                        "--no-plots"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    bad = [line for line in log.splitlines()
+           if " ERROR " in line or "] core_worker" in line or " E " in line[:40] or "will hang" in line
+           or "please provide at least" in line or "Traceback" in line]
+    assert bad == [], "\n".join(bad)
+    assert log.count("k-means wants >= 39") == 1, log[-3000:]
