@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from semrec.eval.metrics import ranking_metrics, ranks_full, ranks_sampled
+from semrec.eval.metrics import NonFiniteScores, ranking_metrics, ranks_sampled, stream_full_ranking
 
 
 def test_sampled_ranks_and_metrics_by_hand():
@@ -29,12 +29,56 @@ def test_ties_are_pessimistic_by_default():
     assert m["HIT@10"] == 0.0 and m["MRR"] == pytest.approx(0.01)
 
 
-def test_full_ranking_excludes_history_but_never_the_target():
-    scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0]])  # item 0 is padding
-    targets = torch.tensor([3])
-    exclude = torch.tensor([[True, False, True, True, False]])  # padding, history item 2, and target 3 (seen before)
-    # item 4 (4.0) beats the target (3.0); item 2 is excluded; target not excluded although in history
-    exclude_no_target = exclude.clone()
-    exclude_no_target[0, 3] = False
-    assert ranks_full(scores, targets, exclude_no_target).tolist() == [1]
-    assert ranks_full(scores, targets, None).tolist() == [3]  # 9, 5, 4 above
+def dense_reference(users, items, targets, histories, ties="pessimistic"):
+    """Plain dense computation over the whole (B, N+1) score matrix."""
+    scores = users @ items.T
+    t = scores.gather(1, targets[:, None])
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    exclude[:, 0] = True  # padding
+    for row, h in enumerate(histories):
+        exclude[row, torch.as_tensor(h, dtype=torch.long)] = True
+    exclude[torch.arange(len(targets)), targets] = False  # the target always competes
+    better = (scores > t) if ties == "optimistic" else (scores >= t)
+    better[torch.arange(len(targets)), targets] = False
+    ranks = (better & ~exclude).sum(1).numpy()
+    top = scores.masked_fill(exclude, float("-inf")).topk(20, dim=1)
+    return ranks, top.indices.numpy(), top.values.numpy()
+
+
+def test_full_ranking_by_hand_excludes_history_but_never_the_target():
+    item_scores = torch.tensor([[0.0], [1.0], [5.0], [3.0], [4.0], [9.0]])  # item i scores item_scores[i]
+    users = torch.ones(1, 1)
+    # history: items 2 and 5 (both beat the target) and the target 3 itself, seen before
+    ranks, top, _ = stream_full_ranking(users, lambda ids: item_scores[ids], 5, torch.tensor([3]),
+                                        [np.array([2, 5, 3])], k=2, block=2)
+    assert ranks.tolist() == [1]  # only item 4 (4.0) beats the target; 2 and 5 are excluded
+    assert top.tolist() == [[4, 3]]
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_streamed_full_ranking_equals_the_dense_computation(ties):
+    g = torch.Generator().manual_seed(0)
+    n, b = 1000, 37
+    items = torch.randn(n + 1, 8, generator=g)
+    items[17] = items[18]  # a tie between two items
+    users = torch.randn(b, 8, generator=g)
+    targets = torch.randint(1, n + 1, (b,), generator=g)
+    targets[0] = 17
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, n + 1, size=rng.integers(0, 120)) for _ in range(b)]  # longer than any max_len
+    histories[1] = np.append(histories[1], targets[1].item())  # a repeat: the target was seen before
+    ranks, top_i, top_s = stream_full_ranking(users, lambda ids: items[ids], n, targets, histories, k=20,
+                                              block=64, ties=ties)
+    ref_ranks, ref_i, ref_s = dense_reference(users, items, targets, histories, ties)
+    assert ranks.tolist() == ref_ranks.tolist()
+    np.testing.assert_allclose(top_s, ref_s, rtol=1e-6)
+    assert (top_i == ref_i).mean() > 0.99  # equal up to the order of exactly tied items
+
+
+def test_non_finite_scores_raise_a_clear_error():
+    users = torch.ones(2, 1)
+    items = torch.tensor([[0.0], [1.0], [float("nan")], [2.0]])
+    with pytest.raises(NonFiniteScores, match="non-finite"):
+        stream_full_ranking(users, lambda ids: items[ids], 3, torch.tensor([1, 3]), [np.array([]), np.array([])])
+    with pytest.raises(NonFiniteScores, match="evaluation row 1"):
+        ranks_sampled(np.array([[0.5, 0.1], [np.nan, 0.2]]))

@@ -147,7 +147,21 @@ def _bad(synthetic: Path, tmp: Path):
         write_table(pq.read_table(f), mixed / "token_table" / f"part-{i + 1}.parquet")
     if len(files) == 1:  # one partition: add a second file with the original metadata
         write_table(pq.read_table(files[0]).slice(0, 0), mixed / "token_table" / "part-9.parquet")
+    # a cached negatives file (as frozen_negatives writes it) in which user 1's first negative is its own item
+    from semrec.data.sequences import load_sequences, sample_negatives, write_negatives
+
+    seqs = load_sequences(synthetic / "seq.parquet")
+    neg = sample_negatives(seqs, 99, 12345)
+    neg[0, 0] = seqs.items[0][0]
+    (tmp / "poisoned").mkdir()
+    write_negatives(tmp / "poisoned" / "synthetic-seed12345-k99.parquet", seqs.user_ids, neg, dataset="synthetic",
+                    seed=12345, k=99, n_items=seqs.n_items, users=len(seqs))
     return {
+        "unsafe run name": (["--run_name", "../x"], "run_name: Value error, '../x' is not a safe name"),
+        "unsafe dataset name": (["--dataset", "a/b"], "dataset: Value error, 'a/b' is not a safe name"),
+        "cached negatives hit a seen item": (["--eval.negatives_dir", tmp / "poisoned"],
+                                             f"negative item {seqs.items[0][0]} of user 1 is in that user's own"),
+        "diverging training gives NaN scores": (["--train.lr", "1e30"], "non-finite (NaN/inf) scores"),
         "short sequence": (["--sequences", tmp / "short.parquet"], "user 2 has 2 items"),
         "unknown item": (["--sequences", tmp / "unknown.parquet", "--n_items", str(N_ITEMS)], "item id 9999"),
         "token table does not cover items": (["--model.mode", "semantic", "--tokens", partial],
@@ -157,8 +171,10 @@ def _bad(synthetic: Path, tmp: Path):
     }
 
 
-@pytest.mark.parametrize("case", ["short sequence", "unknown item", "token table does not cover items",
-                                  "mismatched codebook sizes", "mode without tokens"])
+@pytest.mark.parametrize("case", ["unsafe run name", "unsafe dataset name", "cached negatives hit a seen item",
+                                  "diverging training gives NaN scores", "short sequence", "unknown item",
+                                  "token table does not cover items", "mismatched codebook sizes",
+                                  "mode without tokens"])
 def test_bad_input(synthetic, tmp_path, capsys, case):
     extra, message = _bad(synthetic, tmp_path)[case]
     out = tmp_path / "out"
@@ -166,9 +182,12 @@ def test_bad_input(synthetic, tmp_path, capsys, case):
     if extra[0] == "--sequences":
         args[1] = str(extra[1])
         extra = extra[2:]
-    assert main(args + [str(x) for x in extra]) != 0
-    assert message in capsys.readouterr().err
+    code = main(args + [str(x) for x in extra])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err, err[-2000:]
+    assert "train_seqrec: error: " in err and err.rstrip().endswith("nothing was published"), err[-2000:]
     assert not out.exists()
+    assert not (tmp_path.parent / "x").exists()
 
 
 @pytest.mark.realdata

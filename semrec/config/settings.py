@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semrec.schemas import MAX_CODEBOOK_SIZE
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Section(BaseModel):
@@ -262,6 +265,14 @@ class TrainSeqRecSettings(JobSettings):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     ray: RaySettings = RaySettings()
+
+    @field_validator("dataset", "run_name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not SAFE_NAME.fullmatch(v) or set(v) == {"."}):
+            raise ValueError(f"{v!r} is not a safe name (it becomes a file or folder name): use letters, digits, "
+                             f"'.', '_' and '-', starting with a letter or digit, at most 128 characters")
+        return v
 
     @model_validator(mode="after")
     def _tokens_needed(self):

@@ -99,7 +99,7 @@ def frozen_negatives(cache_dir: Path, dataset: str, seqs: Sequences, k: int = 99
         meta = decode_metadata(pq.read_schema(path))
         if meta.get("n_items") != seqs.n_items or meta.get("users") != len(seqs):
             raise InputError(f"{path}: drawn for another version of {dataset} (n_items/users differ); delete it")
-        return read_negatives(path, seqs)
+        return check_negatives(path, read_negatives(path, seqs), seqs)
     neg = sample_negatives(seqs, k, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -128,7 +128,11 @@ def s3rec_negatives(path: str | Path, seqs: Sequences) -> np.ndarray:
     if len({len(r) for r in lists}) > 1:
         raise InputError(f"{path}: users have different numbers of negatives "
                          f"({sorted({len(r) for r in lists})})")
-    neg = np.asarray(lists, dtype=np.int64)
+    return check_negatives(path, np.asarray(lists, dtype=np.int64), seqs)
+
+
+def check_negatives(path: Path, neg: np.ndarray, seqs: Sequences) -> np.ndarray:
+    """Refuse evaluation negatives outside the catalogue or in the user's own sequence (official or cached)."""
 
     def refuse(bad: np.ndarray, what: str) -> None:
         if bad.any():

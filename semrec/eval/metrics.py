@@ -9,10 +9,12 @@ NDCG@k = mean[(r < k) / log2(r + 2)], MRR = mean[1 / (r + 1)].
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
+
+from semrec.errors import SemrecError
 
 Ties = Literal["pessimistic", "optimistic"]
 
@@ -20,25 +22,67 @@ Ties = Literal["pessimistic", "optimistic"]
 def ranks_sampled(scores: np.ndarray | torch.Tensor, ties: Ties = "pessimistic") -> np.ndarray:
     """``scores[:, 0]`` is the ground truth, ``scores[:, 1:]`` the sampled negatives."""
     s = torch.as_tensor(scores)
+    check_finite(s, "sampled-candidate scores")
     target = s[:, :1]
     others = s[:, 1:]
     better = (others > target) if ties == "optimistic" else (others >= target)
     return better.sum(dim=1).cpu().numpy()
 
 
-def ranks_full(scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None,
-               ties: Ties = "pessimistic") -> np.ndarray:
-    """Rank of ``targets`` among all items. ``exclude`` (bool, same shape as scores) marks items that
-    never compete (padding id 0, items already in the user's history); the target itself never does."""
-    s = scores.clone()
-    if exclude is not None:
-        s = s.masked_fill(exclude, float("-inf"))
-    t = s.gather(1, targets[:, None])
-    better = (s > t) if ties == "optimistic" else (s >= t)
-    better.scatter_(1, targets[:, None], False)
-    if exclude is not None:
-        better &= ~exclude
-    return better.sum(dim=1).cpu().numpy()
+class NonFiniteScores(SemrecError):
+    """The model produced NaN/inf scores (diverged training); ranking them would silently mislead."""
+
+
+def check_finite(scores: torch.Tensor, what: str, row_offset: int = 0) -> None:
+    if not torch.isfinite(scores).all():
+        row = int((~torch.isfinite(scores)).any(dim=1).nonzero()[0, 0]) + row_offset
+        raise NonFiniteScores(f"{what}: non-finite (NaN/inf) scores for evaluation row {row}; the model diverged "
+                              f"(lower --train.lr, check the inputs)")
+
+
+def history_pairs(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item) pairs of every item in each row's whole history (CSR-like, for masking)."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    items = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    return rows.astype(np.int64), items.astype(np.int64)
+
+
+@torch.no_grad()
+def stream_full_ranking(users: torch.Tensor, item_vectors: Callable[[torch.Tensor], torch.Tensor], n_items: int,
+                        targets: torch.Tensor, histories: list[np.ndarray], k: int = 20, block: int = 65_536,
+                        ties: Ties = "pessimistic") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank of each target among all items 1..n_items, and each row's top-k, streaming over item blocks.
+
+    ``users`` (B, d) user states; ``item_vectors(ids) -> (len(ids), d)``; ``histories[b]`` every item row b
+    has seen, none of which competes (the target always does, even if seen before). Memory is
+    O(B x (block + B + k)), never B x n_items. Returns (ranks (B,), top-k ids (B, k), top-k scores (B, k)).
+    """
+    b, device = users.shape[0], users.device
+    t_vecs = item_vectors(targets)
+    rows, items = (torch.from_numpy(a).to(device) for a in history_pairs(histories))
+    rank = torch.zeros(b, dtype=torch.long, device=device)
+    top_s = torch.full((b, k), float("-inf"), device=device)
+    top_i = torch.zeros((b, k), dtype=torch.long, device=device)
+    for start in range(1, n_items + 1, block):
+        end = min(start + block, n_items + 1)
+        ids = torch.arange(start, end, device=device)
+        # the targets' vectors ride in the same matmul as the block: an item equal to a target (collided
+        # semantic IDs) then gets exactly the target's score, and pessimistic ties count it
+        both = users @ torch.cat([item_vectors(ids), t_vecs]).T
+        check_finite(both, f"scores of items {start}..{end - 1}")
+        diag = torch.arange(b, device=device)
+        scores, t_scores = both[:, :end - start], both[diag, end - start + diag]
+        sel = (items >= start) & (items < end) & (items != targets[rows])
+        scores[rows[sel], items[sel] - start] = float("-inf")  # seen items never compete
+        better = (scores > t_scores[:, None]) if ties == "optimistic" else (scores >= t_scores[:, None])
+        in_block = (targets >= start) & (targets < end)
+        better[in_block.nonzero()[:, 0], targets[in_block] - start] = False  # the target does not beat itself
+        rank += better.sum(dim=1)
+        cand_s = torch.cat([top_s, scores], dim=1)
+        cand_i = torch.cat([top_i, ids.expand(b, -1)], dim=1)
+        top_s, pos = cand_s.topk(min(k, cand_s.shape[1]), dim=1)
+        top_i = cand_i.gather(1, pos)
+    return rank.cpu().numpy(), top_i.cpu().numpy(), top_s.cpu().numpy()
 
 
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10),

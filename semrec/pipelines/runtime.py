@@ -63,7 +63,8 @@ def check_actor_budget(rs: RaySettings) -> None:
 
 
 def find_semrec_error(exc: BaseException) -> SemrecError | None:
-    """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, chained causes)."""
+    """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, Ray Train's per-rank
+    worker failures, chained causes)."""
     seen = set()
     stack = [exc]
     while stack:
@@ -74,6 +75,7 @@ def find_semrec_error(exc: BaseException) -> SemrecError | None:
         if isinstance(e, SemrecError):
             return e
         stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        stack.extend((getattr(e, "worker_failures", None) or {}).values())  # Ray Train's WorkerGroupError
     return None
 
 

@@ -26,7 +26,7 @@ import torch
 from semrec.data.io import parquet_files, read_table
 from semrec.data.sequences import NegativeSampler, Sequences, eval_arrays, load_sequences, train_arrays
 from semrec.errors import InputError
-from semrec.eval.metrics import ranking_metrics, ranks_full, ranks_sampled
+from semrec.eval.metrics import ranking_metrics, ranks_sampled, stream_full_ranking
 from semrec.models.item_repr import IDItems, JointSemanticItems, SemanticItems, UnifiedItems
 from semrec.models.sasrec import SASRec
 from semrec.schemas import decode_metadata
@@ -143,23 +143,24 @@ def build_model(cfg: dict, assets: Assets) -> SASRec:
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: SASRec, seqs: Sequences, negatives: np.ndarray, split: str, max_len: int, ties: str,
-             full_ranking: bool, batch_size: int = 1024, device: str = "cpu") -> dict[str, float]:
+             full_ranking: bool, batch_size: int = 1024, device: str = "cpu",
+             item_block: int = 65_536) -> dict[str, float]:
+    """Sampled metrics (target + its user's negatives) and, with ``full_ranking``, the rank among all items
+    with each user's entire history excluded (the target always competes), streamed over item blocks."""
     model.eval()
     hist, targets = eval_arrays(seqs, max_len, split)
+    cut = 2 if split == "valid" else 1
     cand = np.concatenate([targets[:, None], negatives], axis=1)
     sampled, full = [], []
     for i in range(0, len(hist), batch_size):
         h = torch.from_numpy(hist[i:i + batch_size]).to(device)
         sampled.append(ranks_sampled(model.score(h, torch.from_numpy(cand[i:i + batch_size]).to(device)), ties))
         if full_ranking:
-            scores = model.score_all(h)
-            exclude = torch.zeros_like(scores, dtype=torch.bool)
-            exclude[:, 0] = True  # padding id
-            rows = torch.arange(len(h), device=device)[:, None].expand_as(h)
-            exclude[rows[h > 0], h[h > 0]] = True  # already-seen items do not compete
             tg = torch.from_numpy(targets[i:i + batch_size]).to(device)
-            exclude.scatter_(1, tg[:, None], False)  # ... but the target always does
-            full.append(ranks_full(scores, tg, exclude, ties))
+            whole = [s[:-cut] for s in seqs.items[i:i + batch_size]]
+            ranks, _, _ = stream_full_ranking(model.user_states(h), model.items, seqs.n_items, tg, whole,
+                                              k=20, block=item_block, ties=ties)
+            full.append(ranks)
     out = ranking_metrics(np.concatenate(sampled), ks=(1, 5, 10), ndcg_ks=(5, 10))
     if full_ranking:
         out.update(ranking_metrics(np.concatenate(full), ks=(10, 20), ndcg_ks=(10, 20), prefix="full_"))
