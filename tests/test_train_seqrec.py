@@ -12,9 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard, sequence_shard
+from semrec.models.sasrec import from_pretrained
 from semrec.pipelines.train_seqrec import main
 from helpers import ROOT, shared
 
@@ -58,6 +60,17 @@ def test_modes_train_and_publish(synthetic, tmp_path, mode):
         assert 0.0 <= m[key] <= 1.0
     assert m["test_HIT@10"] > 0.1 + 1e-9  # random ranking of 100 candidates gives 0.10
     assert (out / "model" / "model.safetensors").exists() and (out / "results.md").read_text().count("|") > 20
+    # the saved model loads with one call, without the training data, and recommends from a history
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["n_items"] == N_ITEMS and config["mode"] == mode
+    assert not [v for v in config.values() if isinstance(v, str) and "/" in v], "no data paths in the artefact"
+    model = from_pretrained(out / "model")
+    history = [5, 17, 33, 17]
+    ids, scores = model.recommend([history, []], k=10)
+    assert ids.shape == (2, 10) and not set(ids[0]) & set(history) and (ids > 0).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    assert torch.allclose(model.score(torch.tensor([[0] * 16 + history]), torch.from_numpy(ids[:1])),
+                          torch.from_numpy(scores[:1]), atol=1e-5)
     sizes = report["token_size"]
     if mode == "id":
         assert sizes["total"] == (N_ITEMS + 1) * 32
@@ -73,7 +86,7 @@ def test_relative_paths_reach_the_workers(synthetic, tmp_path, monkeypatch):
     assert main(["--sequences", "seq.parquet", "--tokens", "tokens", "--model.mode", "unified", "--output", str(out),
                  "--run_dir", str(tmp_path / "runs"), "--eval.negatives_dir", str(tmp_path / "neg"), *FAST,
                  "--train.epochs", "1"]) == 0
-    assert json.loads((out / "model" / "config.json").read_text())["sequences"] == str(synthetic / "seq.parquet")
+    assert (out / "metrics.json").exists()
 
 
 def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):

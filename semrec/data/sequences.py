@@ -160,13 +160,14 @@ def train_arrays(seqs: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]
     return left_pad([t[:-1] for t in train], max_len), left_pad([t[1:] for t in train], max_len)
 
 
-def eval_arrays(seqs: Sequences, max_len: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(histories, targets): valid = s[:-2] -> s[-2]; test = s[:-1] -> s[-1]."""
-    if split == "valid":
-        return left_pad([s[:-2] for s in seqs.items], max_len), np.array([s[-2] for s in seqs.items])
-    if split == "test":
-        return left_pad([s[:-1] for s in seqs.items], max_len), np.array([s[-1] for s in seqs.items])
-    raise ValueError(f"split must be valid or test, got {split!r}")
+def eval_arrays(seqs: Sequences, max_len: int, split: str,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(histories, targets) of the users ``rows`` (default all): valid = s[:-2] -> s[-2]; test = s[:-1] -> s[-1]."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, got {split!r}")
+    cut = 2 if split == "valid" else 1
+    items = seqs.items if rows is None else [seqs.items[u] for u in rows]
+    return left_pad([s[:-cut] for s in items], max_len), np.array([s[-cut] for s in items], dtype=np.int64)
 
 
 class NegativeSampler:

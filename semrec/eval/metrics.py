@@ -49,20 +49,25 @@ def history_pairs(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def stream_full_ranking(users: torch.Tensor, item_vectors: Callable[[torch.Tensor], torch.Tensor], n_items: int,
-                        targets: torch.Tensor, histories: list[np.ndarray], k: int = 20, block: int = 65_536,
-                        ties: Ties = "pessimistic") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        targets: torch.Tensor | None, histories: list[np.ndarray], k: int = 20, block: int = 65_536,
+                        ties: Ties = "pessimistic") -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Rank of each target among all items 1..n_items, and each row's top-k, streaming over item blocks.
 
     ``users`` (B, d) user states; ``item_vectors(ids) -> (len(ids), d)``; ``histories[b]`` every item row b
     has seen, none of which competes (the target always does, even if seen before). Memory is
-    O(B x (block + B + k)), never B x n_items. Returns (ranks (B,), top-k ids (B, k), top-k scores (B, k)).
+    O(B x (block + B + k)), never B x n_items. Returns (ranks (B,) or None without targets, top-k ids
+    (B, k), top-k scores (B, k)).
     """
     b, device = users.shape[0], users.device
-    t_vecs = item_vectors(targets)
+    t_vecs = item_vectors(targets) if targets is not None else users[:0]
     rows, items = (torch.from_numpy(a).to(device) for a in history_pairs(histories))
+    if targets is not None:
+        keep = items != targets[rows]  # a target seen before still competes
+        rows, items = rows[keep], items[keep]
     rank = torch.zeros(b, dtype=torch.long, device=device)
     top_s = torch.full((b, k), float("-inf"), device=device)
     top_i = torch.zeros((b, k), dtype=torch.long, device=device)
+    diag = torch.arange(b, device=device)
     for start in range(1, n_items + 1, block):
         end = min(start + block, n_items + 1)
         ids = torch.arange(start, end, device=device)
@@ -70,19 +75,33 @@ def stream_full_ranking(users: torch.Tensor, item_vectors: Callable[[torch.Tenso
         # semantic IDs) then gets exactly the target's score, and pessimistic ties count it
         both = users @ torch.cat([item_vectors(ids), t_vecs]).T
         check_finite(both, f"scores of items {start}..{end - 1}")
-        diag = torch.arange(b, device=device)
-        scores, t_scores = both[:, :end - start], both[diag, end - start + diag]
-        sel = (items >= start) & (items < end) & (items != targets[rows])
+        scores = both[:, :end - start]
+        sel = (items >= start) & (items < end)
         scores[rows[sel], items[sel] - start] = float("-inf")  # seen items never compete
-        better = (scores > t_scores[:, None]) if ties == "optimistic" else (scores >= t_scores[:, None])
-        in_block = (targets >= start) & (targets < end)
-        better[in_block.nonzero()[:, 0], targets[in_block] - start] = False  # the target does not beat itself
-        rank += better.sum(dim=1)
+        if targets is not None:
+            t_scores = both[diag, end - start + diag]
+            better = (scores > t_scores[:, None]) if ties == "optimistic" else (scores >= t_scores[:, None])
+            in_block = (targets >= start) & (targets < end)
+            better[in_block.nonzero()[:, 0], targets[in_block] - start] = False  # the target does not beat itself
+            rank += better.sum(dim=1)
         cand_s = torch.cat([top_s, scores], dim=1)
         cand_i = torch.cat([top_i, ids.expand(b, -1)], dim=1)
         top_s, pos = cand_s.topk(min(k, cand_s.shape[1]), dim=1)
         top_i = cand_i.gather(1, pos)
-    return rank.cpu().numpy(), top_i.cpu().numpy(), top_s.cpu().numpy()
+    return (rank.cpu().numpy() if targets is not None else None), top_i.cpu().numpy(), top_s.cpu().numpy()
+
+
+def metric_sums(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10),
+                prefix: str = "", mrr: bool = True) -> dict[str, float]:
+    """Per-metric sums over ``ranks`` and their ``count``: what each worker of a sharded evaluation
+    contributes (sums add across workers; dividing by the total count gives ``ranking_metrics``)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out = {f"{prefix}HIT@{k}": float(np.sum(r < k)) for k in ks}
+    out.update({f"{prefix}NDCG@{k}": float(np.sum((r < k) / np.log2(r + 2))) for k in ndcg_ks})
+    if mrr:
+        out[f"{prefix}MRR"] = float(np.sum(1.0 / (r + 1)))
+    out["count"] = float(len(r))
+    return out
 
 
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10),

@@ -4,6 +4,10 @@ negative per position. The item representation is a pluggable module (see item_r
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,24 +55,31 @@ class SASRec(nn.Module):
             x = block(x, mask)
         return x
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None,
-                neg: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None, neg: torch.Tensor | None = None,
+                reduction: str = "mean") -> torch.Tensor:
         """ids (B, L) left-padded -> (B, L, hidden) states; with ``pos``/``neg`` targets -> the training loss
         (so DistributedDataParallel sees the loss computation as the module's forward)."""
         if pos is not None:
-            return self.loss(ids, pos, neg)
+            return self.loss(ids, pos, neg, reduction)
         return self.encode(ids, self.items(ids))
 
-    def loss(self, ids: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def loss(self, ids: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """BCE of the next item vs one sampled negative at every non-padding position, plus the item
-        module's auxiliary loss (joint RQ-VAE) computed once over the batch's items."""
+        module's auxiliary loss (joint RQ-VAE) computed once over the batch's items. ``reduction="sum"``
+        gives the sum over positions (the auxiliary loss weighted by the number of positions), which the
+        training engine divides by the global count of a step."""
         vecs = self.items(torch.stack([ids, pos, neg]))
         h = self.encode(ids, vecs[0])
         pos_logit = (h * vecs[1]).sum(-1)
         neg_logit = (h * vecs[2]).sum(-1)
         mask = (pos > 0).float()
-        bce = (F.softplus(-pos_logit) + F.softplus(neg_logit)) * mask
-        loss = bce.sum() / mask.sum().clamp_min(1)
+        bce = ((F.softplus(-pos_logit) + F.softplus(neg_logit)) * mask).sum()
+        n = mask.sum()
+        if reduction == "sum":
+            if self.items.aux_loss is not None and n > 0:  # an empty batch has no auxiliary loss (its mean is NaN)
+                bce = bce + self.items.aux_loss * n
+            return bce
+        loss = bce / n.clamp_min(1)
         if self.items.aux_loss is not None:
             loss = loss + self.items.aux_loss
         return loss
@@ -86,3 +97,95 @@ class SASRec(nn.Module):
     @torch.no_grad()
     def score_all(self, ids: torch.Tensor) -> torch.Tensor:
         return self.user_states(ids) @ self.items.all_items().T
+
+    def recommend(self, histories: list[list[int]], k: int = 10, exclude_seen: bool = True,
+                   block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (item ids, scores) for each history (oldest item first), seen items excluded by default;
+        streams over item blocks, so any catalogue size fits in memory."""
+        from semrec.eval.metrics import stream_full_ranking
+
+        ids = torch.zeros(len(histories), self.max_len, dtype=torch.long)
+        for row, h in enumerate(histories):
+            h = list(h)[-self.max_len:]
+            if h:
+                ids[row, self.max_len - len(h):] = torch.as_tensor(h, dtype=torch.long)
+        device = next(self.parameters()).device
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            seen = [np.asarray(h, dtype=np.int64) if exclude_seen else np.zeros(0, np.int64) for h in histories]
+            _, top_i, top_s = stream_full_ranking(self.user_states(ids.to(device)), self.items, self.config["n_items"],
+                                                  None, seen, k=k, block=block)
+        self.train(was)
+        return top_i, top_s
+
+
+# ----------------------------------------------------------------------------- artefacts
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def build_sasrec(spec: dict, codes: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                 rqvae=None) -> SASRec:
+    """SASRec from its config ``spec`` (what ``config.json`` holds). Per-item tensors (token ``codes``,
+    ``text`` embeddings) and the joint mode's RQ-VAE module are given when training, and left as
+    placeholders to be filled by ``load_state_dict`` when loading a saved model."""
+    from semrec.models.item_repr import IDItems, JointSemanticItems, SemanticItems, UnifiedItems
+
+    n, d, mode = spec["n_items"], spec["hidden"], spec["mode"]
+    sizes = spec.get("codebook_sizes")
+    if mode == "id":
+        items: nn.Module = IDItems(n, d)
+    elif mode in ("semantic", "unified"):
+        codes = codes if codes is not None else torch.zeros(n + 1, len(sizes), dtype=torch.long)
+        width = d if mode == "semantic" else d - spec["id_dim"]
+        items = SemanticItems(codes, sizes, width)
+        if mode == "unified":
+            items = UnifiedItems(items, n, spec["id_dim"])
+    elif mode == "joint":
+        from semrec.quant.distances import resolve_distances
+        from semrec.quant.rqvae import RQVAEModule
+
+        if rqvae is None:
+            rqvae = RQVAEModule(spec["text_dim"], spec["rqvae_hidden"], spec["latent_dim"], sizes)
+        text = text if text is not None else torch.zeros(n + 1, spec["text_dim"])
+        joint = JointSemanticItems(text, rqvae, resolve_distances(spec["distances"], len(sizes)),
+                                   d - spec["id_dim"], beta=spec["beta"])
+        items = UnifiedItems(joint, n, spec["id_dim"])
+    else:
+        raise ValueError(f"unknown SASRec item mode {mode!r}")
+    model = SASRec(items, hidden=d, layers=spec["layers"], heads=spec["heads"], max_len=spec["max_len"],
+                   dropout=spec["dropout"])
+    model.config = dict(spec)
+    return model
+
+
+def save_pretrained(model: SASRec, directory: str | Path, state: dict | None = None) -> Path:
+    """``config.json`` (architecture, n_items, dimensions, item mode; no data paths) + ``model.safetensors``
+    (weights and per-item buffers such as token codes, stored once)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else model.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(d / WEIGHTS_FILE))
+    (d / CONFIG_FILE).write_text(json.dumps({"architecture": "SASRec", "format_version": 1, **model.config},
+                                            indent=2, sort_keys=True) + "\n")
+    return d
+
+
+def from_pretrained(directory: str | Path, device: str = "cpu") -> SASRec:
+    """Load a model saved by ``train_seqrec`` (or ``save_pretrained``), in eval mode; no pickle involved."""
+    from safetensors.torch import load_file
+
+    from semrec.errors import InputError
+
+    d = Path(directory)
+    try:
+        spec = json.loads((d / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{d / CONFIG_FILE}: cannot read model config ({e})") from None
+    if spec.get("architecture") != "SASRec":
+        raise InputError(f"{d / CONFIG_FILE}: not a SASRec model (architecture {spec.get('architecture')!r})")
+    model = build_sasrec({k: v for k, v in spec.items() if k not in ("architecture", "format_version")})
+    model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+    return model.to(device).eval()

@@ -83,7 +83,7 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
             cfg[key] = str(Path(cfg[key]).absolute())
     # validate everything a worker will load before starting Ray (clear errors, nothing published)
     assets = load_assets(cfg)
-    build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before Ray starts
+    model = build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before Ray starts
     seqs = assets.seqs
     dataset = s.dataset or Path(s.sequences).resolve().parent.name or Path(s.sequences).stem
     if s.eval.negatives_file:
@@ -132,7 +132,7 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
               "token_size": token_sizes(s, seqs.n_items, assets.codebook_sizes or _joint_sizes(assets))}
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (stage / "results.md").write_text(results_table([report]))
-    _save_model(result.checkpoint, stage / "model", cfg)
+    _save_model(result.checkpoint, stage / "model", model)
     write_effective(s, stage / "effective_config.json")
     return report
 
@@ -145,16 +145,15 @@ def _joint_sizes(assets) -> list[int] | None:
     return load_quantizer(assets.quantizer_dir).codebook_sizes
 
 
-def _save_model(checkpoint, out: Path, cfg: dict) -> None:
+def _save_model(checkpoint, out: Path, model) -> None:
+    """The best epoch's weights as a loadable artefact: ``semrec.models.sasrec.from_pretrained(out)``."""
     import torch
-    from safetensors.torch import save_file
 
-    out.mkdir()
+    from semrec.models.sasrec import save_pretrained
+
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=True)
-    save_file({k: v.contiguous() for k, v in state["best_model"].items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({"architecture": "SASRec", **{k: cfg[k] for k in ("model", "sequences", "tokens")}},
-                                                indent=2, default=str) + "\n")
+    save_pretrained(model, out, state["best_model"])
 
 
 COLUMNS = ["HIT@1", "HIT@5", "NDCG@5", "HIT@10", "NDCG@10", "MRR", "full_HIT@10", "full_NDCG@10", "full_HIT@20",

@@ -1,21 +1,13 @@
-"""SASRec training on Ray Train with per-epoch checkpoints, early stopping and resume.
+"""The sequential family (SASRec with id / semantic / unified / joint items) on the shared training engine
+(``semrec.train.engine``): its assets (sequences, token codes, text embeddings), its batches, loss and
+sharded evaluation. Checkpoints, resume, early stopping and the worker group are the engine's.
 
-Every worker loads the (small) sequence table itself and trains on its shard of users
-(``users[rank::world]``); gradients are averaged by DDP (gloo on CPU, NCCL on GPU). Validation runs on
-every worker over all users (identical weights give identical metrics, so early stopping agrees);
-rank 0 reports a checkpoint per epoch: model, optimizer, torch RNG state, epoch, best metric and
-the best model so far. Shuffling and negatives are drawn from generators keyed by (seed, epoch), so
-a run resumed from a checkpoint replays exactly what an uninterrupted run would have done.
+Every worker still loads the sequence table into memory (fine at the sizes of the published datasets);
+streaming it through Ray Data shards is the next step of the engine work.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import math
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +18,10 @@ import torch
 from semrec.data.io import parquet_files, read_table
 from semrec.data.sequences import NegativeSampler, Sequences, eval_arrays, load_sequences, train_arrays
 from semrec.errors import InputError
-from semrec.eval.metrics import ranking_metrics, ranks_sampled, stream_full_ranking
-from semrec.models.item_repr import IDItems, JointSemanticItems, SemanticItems, UnifiedItems
-from semrec.models.sasrec import SASRec
+from semrec.eval.metrics import metric_sums, ranks_sampled, stream_full_ranking
+from semrec.models.sasrec import SASRec, build_sasrec
 from semrec.schemas import decode_metadata
 
-log = logging.getLogger("semrec.train")
-STATE_FILE = "state.pt"
-META_FILE = "checkpoint.json"
 
 
 # ----------------------------------------------------------------------------- assets
@@ -109,159 +97,131 @@ def load_assets(cfg: dict) -> Assets:
 
 
 def build_model(cfg: dict, assets: Assets) -> SASRec:
+    """The model of the settings ``cfg`` over ``assets``; ``model.config`` is what ``save_pretrained`` writes."""
     m = cfg["model"]
-    n, d = assets.seqs.n_items, m["hidden"]
+    spec = {"n_items": assets.seqs.n_items, "mode": m["mode"], "hidden": m["hidden"], "layers": m["layers"],
+            "heads": m["heads"], "max_len": m["max_len"], "dropout": m["dropout"],
+            "id_dim": m["id_dim"] if m["mode"] in ("unified", "joint") else 0}
+    if m["mode"] in ("semantic", "unified"):
+        spec["codebook_sizes"] = assets.codebook_sizes
+        return build_sasrec(spec, codes=torch.from_numpy(assets.codes))
     if m["mode"] == "id":
-        items = IDItems(n, d)
-    elif m["mode"] == "semantic":
-        items = SemanticItems(torch.from_numpy(assets.codes), assets.codebook_sizes, d)
-    elif m["mode"] == "unified":
-        items = UnifiedItems(SemanticItems(torch.from_numpy(assets.codes), assets.codebook_sizes, d - m["id_dim"]),
-                             n, m["id_dim"])
-    else:
-        from semrec.quant import RQVAE, load_quantizer
-        from semrec.quant.distances import resolve_distances
+        return build_sasrec(spec)
+    from semrec.quant import RQVAE, load_quantizer
+    from semrec.quant.distances import resolve_distances
 
-        q = load_quantizer(assets.quantizer_dir)
-        if not isinstance(q, RQVAE):
-            raise InputError(f"{assets.quantizer_dir}: joint mode needs an rqvae quantizer, found {q.kind}")
-        if q.fitted_["input_dim"] != assets.text.shape[1]:
-            raise InputError(f"{assets.quantizer_dir}: quantizer input dim {q.fitted_['input_dim']} != item "
-                             f"embedding dim {assets.text.shape[1]}")
-        spec = m["distance"] or q.distance_names
-        if isinstance(spec, str) and "," in spec:
-            spec = [x.strip() for x in spec.split(",")]
-        try:
-            dist = resolve_distances(spec, q.levels)
-        except ValueError as e:
-            raise InputError(f"model.distance: {e}") from None
-        items = UnifiedItems(JointSemanticItems(torch.from_numpy(assets.text), q.module, dist, d - m["id_dim"],
-                                                beta=m["beta"]), n, m["id_dim"])
-    return SASRec(items, hidden=d, layers=m["layers"], heads=m["heads"], max_len=m["max_len"], dropout=m["dropout"])
+    q = load_quantizer(assets.quantizer_dir)
+    if not isinstance(q, RQVAE):
+        raise InputError(f"{assets.quantizer_dir}: joint mode needs an rqvae quantizer, found {q.kind}")
+    if q.fitted_["input_dim"] != assets.text.shape[1]:
+        raise InputError(f"{assets.quantizer_dir}: quantizer input dim {q.fitted_['input_dim']} != item "
+                         f"embedding dim {assets.text.shape[1]}")
+    names = m["distance"] or q.distance_names
+    if isinstance(names, str) and "," in names:
+        names = [x.strip() for x in names.split(",")]
+    try:
+        names = [d.name for d in resolve_distances(names, q.levels)]
+    except ValueError as e:
+        raise InputError(f"model.distance: {e}") from None
+    spec.update({"codebook_sizes": q.codebook_sizes, "text_dim": int(assets.text.shape[1]),
+                 "rqvae_hidden": list(q.params["hidden"]), "latent_dim": q.params["latent_dim"],
+                 "distances": names, "beta": m["beta"]})
+    return build_sasrec(spec, text=torch.from_numpy(assets.text), rqvae=q.module)
 
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: SASRec, seqs: Sequences, negatives: np.ndarray, split: str, max_len: int, ties: str,
-             full_ranking: bool, batch_size: int = 1024, device: str = "cpu",
+             full_ranking: bool, rows: np.ndarray | None = None, batch_size: int = 1024, device: str = "cpu",
              item_block: int = 65_536) -> dict[str, float]:
-    """Sampled metrics (target + its user's negatives) and, with ``full_ranking``, the rank among all items
-    with each user's entire history excluded (the target always competes), streamed over item blocks."""
+    """Metric sums over the users ``rows`` (default: all) and their ``count``: sampled metrics (target + the
+    user's negatives) and, with ``full_ranking``, the rank among all items with the user's entire history
+    excluded (the target always competes), streamed over item blocks."""
+    was_training = model.training
     model.eval()
-    hist, targets = eval_arrays(seqs, max_len, split)
+    rows = np.arange(len(seqs)) if rows is None else rows
+    hist, targets = eval_arrays(seqs, max_len, split, rows)
     cut = 2 if split == "valid" else 1
-    cand = np.concatenate([targets[:, None], negatives], axis=1)
+    cand = np.concatenate([targets[:, None], negatives[rows]], axis=1)
     sampled, full = [], []
-    for i in range(0, len(hist), batch_size):
+    for i in range(0, len(rows), batch_size):
         h = torch.from_numpy(hist[i:i + batch_size]).to(device)
         sampled.append(ranks_sampled(model.score(h, torch.from_numpy(cand[i:i + batch_size]).to(device)), ties))
         if full_ranking:
             tg = torch.from_numpy(targets[i:i + batch_size]).to(device)
-            whole = [s[:-cut] for s in seqs.items[i:i + batch_size]]
+            whole = [seqs.items[u][:-cut] for u in rows[i:i + batch_size]]
             ranks, _, _ = stream_full_ranking(model.user_states(h), model.items, seqs.n_items, tg, whole,
                                               k=20, block=item_block, ties=ties)
             full.append(ranks)
-    out = ranking_metrics(np.concatenate(sampled), ks=(1, 5, 10), ndcg_ks=(5, 10))
+    empty = np.zeros(0, dtype=np.int64)
+    out = metric_sums(np.concatenate(sampled) if sampled else empty, ks=(1, 5, 10), ndcg_ks=(5, 10))
     if full_ranking:
-        out.update(ranking_metrics(np.concatenate(full), ks=(10, 20), ndcg_ks=(10, 20), prefix="full_"))
-        out.pop("full_MRR")
-    model.train()
+        out.update(metric_sums(np.concatenate(full) if full else empty, ks=(10, 20), ndcg_ks=(10, 20),
+                               prefix="full_", mrr=False))
+    model.train(was_training)
     return out
 
 
-# ----------------------------------------------------------------------------- Ray Train loop
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+# ----------------------------------------------------------------------------- the family on the engine
+class SeqRecFamily:
+    """SASRec with id / semantic / unified / joint items, as a family of ``semrec.train.engine``.
 
+    Each epoch's user order is a permutation keyed by (seed, epoch); global batch k holds users
+    ``order[k*B:(k+1)*B]`` and their training negatives are drawn for the whole global batch from
+    (seed, epoch, k), and rank r takes every world-th of its users. So every rank runs the same number
+    of steps, and the examples and negatives of a step do not depend on the number of workers.
+    Evaluation: rank r evaluates users r, r + world, ...
+    """
 
-def _state_dict(model) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    metric = "NDCG@10"
+
+    def __init__(self, config: dict):
+        self.config, self.t = config, config["train"]
+        self.assets = load_assets(config)
+        self.seqs = self.assets.seqs
+        self.negatives = np.load(config["negatives_npy"])
+        self.max_len = config["model"]["max_len"]
+        self.inputs, self.targets = train_arrays(self.seqs, self.max_len)
+        self.sampler = NegativeSampler(self.seqs)
+        self.device = "cpu"
+
+    def build(self) -> SASRec:
+        return build_model(self.config, self.assets)
+
+    def batches(self, epoch: int, rank: int, world: int):
+        seed, gbs = self.t["seed"], self.t["batch_size"]
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.seqs))
+        for step, start in enumerate(range(0, len(order), gbs)):
+            users = order[start:start + gbs]
+            neg = self.sampler.sample(users, self.targets[users], np.random.default_rng([seed, epoch, step]))
+            mine = slice(rank, None, world)
+            yield self.inputs[users[mine]], self.targets[users[mine]], neg[mine]
+
+    def empty_batch(self):
+        z = np.zeros((0, self.max_len), dtype=np.int64)
+        return z, z, z
+
+    def size(self, batch) -> int:
+        return int((batch[1] > 0).sum())
+
+    def loss(self, model, batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        ids, pos, neg = (torch.from_numpy(a).to(device) for a in batch)
+        return model(ids, pos, neg, reduction="sum")
+
+    def evaluate(self, model, split: str, rank: int, world: int, final: bool) -> dict[str, float]:
+        device = next(model.parameters()).device
+        return evaluate(model, self.seqs, self.negatives, split, self.max_len, self.config["ties"],
+                        final and self.config["full_ranking"], rows=np.arange(rank, len(self.seqs), world),
+                        device=device)
 
 
 def train_loop(config: dict) -> None:
+    """Ray Train worker entry point: SASRec on the shared engine."""
     import ray.train
-    import ray.train.torch
+
+    from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    t = config["train"]
-    torch.set_num_threads(t["threads"])
-    torch.manual_seed(t["seed"])
-    assets = load_assets(config)
-    seqs = assets.seqs
-    negatives = np.load(config["negatives_npy"])
-    max_len = config["model"]["max_len"]
-    model = build_model(config, assets)
-    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(ray.train.torch.get_device())
-    device = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=t["lr"], betas=(0.9, 0.999), weight_decay=t["weight_decay"])
-    start, best, best_epoch, bad, best_state = 0, -1.0, -1, 0, None
-    clock, prior_s = time.perf_counter(), 0.0  # training time summed over every process of a resumed run
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
-        best_state = state["best_model"]
-        prior_s = float(state.get("train_s", 0.0))
-
-    inputs, targets = train_arrays(seqs, max_len)
-    sampler = NegativeSampler(seqs)
-    local_bs = max(1, t["batch_size"] // world)
-    for epoch in range(start, t["epochs"]):
-        rng = np.random.default_rng([t["seed"], epoch])
-        order = rng.permutation(len(seqs))[rank::world]
-        steps = math.ceil(len(order) / local_bs)
-        if t["max_steps_per_epoch"]:
-            steps = min(steps, t["max_steps_per_epoch"])
-        total = 0.0
-        model.train()
-        for step in range(steps):
-            users = order[step * local_bs:(step + 1) * local_bs]
-            pos = targets[users]
-            neg = sampler.sample(users, pos, np.random.default_rng([t["seed"], epoch, rank, step]))
-            batch = [torch.from_numpy(a).to(device) for a in (inputs[users], pos, neg)]
-            loss = model(*batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        metrics = evaluate(_unwrap(model), seqs, negatives, "valid", max_len, config["ties"], False, device=device)
-        metrics = {f"valid_{k}": v for k, v in metrics.items()}
-        metrics.update({"epoch": epoch, "train_loss": total / max(steps, 1)})
-        score = metrics["valid_NDCG@10"]
-        if score > best:
-            best, best_epoch, bad, best_state = score, epoch, 0, _state_dict(model)
-        else:
-            bad += 1
-        metrics.update({"best_valid_NDCG@10": best, "best_epoch": best_epoch})
-        stop = bad >= t["patience"] or epoch == t["epochs"] - 1
-        if stop:  # final metrics of the best epoch's weights, on a copy (the checkpoint keeps the live state)
-            best_model = copy.deepcopy(_unwrap(model))
-            best_model.load_state_dict(best_state)
-            test = evaluate(best_model, seqs, negatives, "test", max_len, config["ties"], config["full_ranking"],
-                            device=device)
-            valid = evaluate(best_model, seqs, negatives, "valid", max_len, config["ties"],
-                             config["full_ranking"], device=device)
-            metrics.update({f"test_{k}": v for k, v in test.items()})
-            metrics.update({f"final_valid_{k}": v for k, v in valid.items()})
-            metrics["done"] = True
-        train_s = prior_s + time.perf_counter() - clock
-        metrics["train_s"] = round(train_s, 1)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                            "best_model": best_state, "train_s": train_s}, Path(d) / STATE_FILE)
-                (Path(d) / META_FILE).write_text(json.dumps({"epoch": epoch, "done": stop, **{
-                    k: v for k, v in metrics.items() if isinstance(v, (int, float))}}))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
-        if stop:
-            break
-
+    torch.set_num_threads(config["train"]["threads"])
+    fit(SeqRecFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())

@@ -1,0 +1,217 @@
+"""The training engine every model family plugs into (runs inside each Ray Train worker).
+
+A family (``Family`` below) supplies the model, this rank's batches of an epoch, a loss as (sum, count),
+and sharded evaluation as metric sums; the engine owns everything else:
+
+- the DDP model (``prepare_model`` with ``broadcast_buffers=False``: large per-item constant buffers such
+  as token codes or text embeddings are identical on every rank and are not re-broadcast each forward);
+- lockstep steps: every rank runs the same number of steps for any data size (a rank whose shard ran
+  out runs an empty batch), and the loss is scaled by the global example count of the step, so the
+  DDP-averaged gradient is the gradient of the global mean whatever the split (1 worker == 2 workers
+  up to per-rank randomness);
+- per-rank seeds (dropout differs between ranks) and, in the checkpoint, every rank's CPU and CUDA
+  RNG state, restored on resume;
+- sharded evaluation: each rank evaluates its share, sums are all-reduced, every rank sees the same
+  metrics, so early stopping agrees;
+- a checkpoint per epoch from rank 0 (model, optimizer, RNG states, epoch, best metric, best model,
+  patience counter, training clock), automatic resume from the latest one, early stopping, and a
+  run whose epoch cap is already reached evaluating its best checkpoint instead of training;
+- one log line per epoch (loss, validation metric, seconds, examples/s).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+from torch import nn
+
+log = logging.getLogger("semrec.train")
+STATE_FILE = "state.pt"
+META_FILE = "checkpoint.json"
+
+
+class Family(Protocol):
+    """What a model family provides to the engine (see ``semrec.train.seqrec.SeqRecFamily``)."""
+
+    metric: str  # validation metric for early stopping and best-model selection (higher is better)
+
+    def build(self) -> nn.Module: ...
+
+    def batches(self, epoch: int, rank: int, world: int) -> Iterable[Any]:
+        """This rank's batches of ``epoch`` (deterministic in (seed, epoch, rank, world) for exact resume)."""
+
+    def empty_batch(self) -> Any:
+        """A batch of zero examples (run by a rank whose shard ran out, so DDP's collectives line up)."""
+
+    def size(self, batch: Any) -> int:
+        """Number of examples the loss of ``batch`` sums over."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Sum of the per-example losses of ``batch`` (computed by ``model``'s forward, for DDP)."""
+
+    def evaluate(self, model: nn.Module, split: str, rank: int, world: int, final: bool) -> dict[str, float]:
+        """Metric *sums* over this rank's share of ``split``, plus ``"count"``; the engine reduces them."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _state_dict(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+
+
+def rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Collective:
+    """all-reduce / all-gather that also work with one process (no process group)."""
+
+    def __init__(self, world: int, device: torch.device):
+        self.world, self.device = world, device
+
+    def sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def reduce_metrics(coll: Collective, sums: dict[str, float]) -> dict[str, float]:
+    names = sorted(k for k in sums if k != "count")
+    *totals, count = coll.sum([sums[k] for k in names] + [sums["count"]])
+    return {k: v / max(count, 1) for k, v in zip(names, totals)}
+
+
+def fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None = None) -> None:
+    """Train ``family`` with the settings ``train`` (TrainSettings as a dict) inside a Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(train["threads"])
+    torch.manual_seed(train["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = family.build()
+    if world > 1:
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    else:
+        model = model.to(device or ray.train.torch.get_device())
+    device = next(model.parameters()).device
+    coll = Collective(world, device)
+    torch.manual_seed(train["seed"] * 1_000_003 + rank)  # per-rank dropout
+    opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
+    start, best, best_epoch, bad, best_state, prior_s = 0, float("-inf"), -1, 0, None, 0.0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rngs = state["rng"]
+        if len(rngs) != world:
+            raise RuntimeError(f"the checkpoint was written by {len(rngs)} workers, this run has {world}: resume "
+                               f"with --train.num_workers {len(rngs)} (or a new --run_name)")
+        set_rng_state(rngs[rank])
+        start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
+        best_state, prior_s = state["best_model"], float(state.get("train_s", 0.0))
+    clock = time.perf_counter()
+
+    def report(metrics: dict, epoch: int, done: bool) -> None:
+        train_s = prior_s + time.perf_counter() - clock
+        metrics.update({"epoch": epoch, "best_epoch": best_epoch, f"best_{family.metric}": best,
+                        "train_s": round(train_s, 1), "done": done})
+        rngs = coll.gather(rng_state())
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(),
+                            "rng": rngs, "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                            "best_model": best_state, "train_s": train_s}, Path(d) / STATE_FILE)
+                (Path(d) / META_FILE).write_text(json.dumps(
+                    {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    epoch = start - 1
+    for epoch in range(start, train["epochs"]):
+        t0, total, examples, steps = time.perf_counter(), 0.0, 0, 0
+        model.train()
+        it = iter(family.batches(epoch, rank, world))
+        cap = train.get("max_steps_per_epoch")
+        while True:
+            batch = next(it, None) if not (cap and steps >= cap) else None
+            count = family.size(batch) if batch is not None else 0
+            have, global_count = coll.sum([float(batch is not None), float(count)])
+            if not have:  # every rank's shard is done: the same step count everywhere
+                break
+            loss_sum = family.loss(model, batch if batch is not None else family.empty_batch())
+            loss = loss_sum * world / max(global_count, 1.0)  # DDP averages over ranks: this is the global mean
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss_sum.detach())
+            examples += count
+            steps += 1
+        train_loss, examples_all = (x for x in coll.sum([total, float(examples)]))
+        metrics = {f"valid_{k}": v for k, v in
+                   reduce_metrics(coll, family.evaluate(_unwrap(model), "valid", rank, world, False)).items()}
+        score = metrics[f"valid_{family.metric}"]
+        if score > best:
+            best, best_epoch, bad, best_state = score, epoch, 0, _state_dict(model)
+        else:
+            bad += 1
+        secs = time.perf_counter() - t0
+        metrics.update({"train_loss": train_loss / max(examples_all, 1.0), "epoch_s": round(secs, 2),
+                        "examples_per_s": round(examples_all / secs, 1), "steps": steps})
+        if rank == 0:
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s, %.0f examples/s "
+                     "(%d workers)", epoch + 1, train["epochs"], metrics["train_loss"], family.metric, score, best,
+                     best_epoch + 1, secs, examples_all / secs, world)
+        stop = bad >= train["patience"] or epoch == train["epochs"] - 1
+        if stop:
+            metrics.update(final_metrics(family, model, best_state, rank, world, coll))
+        report(metrics, epoch, stop)
+        if stop:
+            return
+    # the epoch cap was already reached by the checkpoint we resumed from (e.g. a run capped with a lower
+    # --train.epochs): evaluate its best model and finish
+    if best_state is None:
+        raise RuntimeError("nothing to evaluate: the run has no trained epoch (raise --train.epochs)")
+    if rank == 0:
+        log.info("epoch cap %d reached by the checkpoint (epoch %d): evaluating its best model (epoch %d)",
+                 train["epochs"], epoch + 1, best_epoch + 1)
+    report(final_metrics(family, model, best_state, rank, world, coll), epoch, True)
+
+
+def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int, world: int,
+                  coll: Collective) -> dict[str, float]:
+    """Test and validation metrics of the best epoch's weights, on a copy (the live model stays as it is)."""
+    best_model = copy.deepcopy(_unwrap(model))
+    best_model.load_state_dict(best_state)
+    out = {f"test_{k}": v for k, v in reduce_metrics(coll, family.evaluate(best_model, "test", rank, world, True)).items()}
+    out.update({f"final_valid_{k}": v for k, v in
+                reduce_metrics(coll, family.evaluate(best_model, "valid", rank, world, True)).items()})
+    return out
