@@ -89,23 +89,23 @@ def test_relative_paths_reach_the_workers(synthetic, tmp_path, monkeypatch):
     assert (out / "metrics.json").exists()
 
 
-def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):
-    common = ["--train.epochs", "12", "--train.patience", "12", "--train.seed", "5"]
-    # uninterrupted
-    assert main(_args(synthetic, tmp_path / "full", *common, "--run_name", "uninterrupted")) == 0
-    # killed mid-way in a separate process, then resumed under the same run name
-    cmd = [sys.executable, str(ROOT / "jobs" / "train_seqrec.py"),
-           *_args(synthetic, tmp_path / "resumed", *common, "--run_name", "killed")]
-    log = tmp_path / "killed.log"
+TWO_WORKERS = ["--train.num_workers", "2", "--train.cpus_per_worker", "0.5"]
+
+
+def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name: str, epoch: int) -> dict:
+    """Run train_seqrec in its own process and SIGKILL it once a checkpoint of ``epoch`` exists; returns the
+    newest checkpoint's metadata."""
+    cmd = [sys.executable, str(ROOT / "jobs" / "train_seqrec.py"), *args, "--run_name", run_name]
+    log = tmp_path / f"{run_name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     deadline = time.time() + 480
-    ckpts = synthetic / "runs" / "killed"
+    ckpts = synthetic / "runs" / run_name
     epochs = []
     while time.time() < deadline and proc.poll() is None:
         epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
-        if epochs and max(epochs) >= 2:
+        if epochs and max(epochs) >= epoch:
             break
         time.sleep(0.2)
     died = proc.poll()  # None while it still runs
@@ -114,18 +114,55 @@ def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path):
     proc.wait()
     why = f"the job exited with rc {died}" if died is not None else "none within 480 s"
     assert epochs, f"no checkpoint ({why}); the job's output ends with:\n{log.read_text()[-3000:]}"
-    assert not (tmp_path / "resumed" / "metrics.json").exists(), "the run was supposed to be killed mid-way"
     metas = [json.loads(p.read_text()) for p in ckpts.glob("**/checkpoint.json")]
-    killed_at = max(m["epoch"] for m in metas)
-    assert 2 <= killed_at < 11
-    killed_s = max(m["train_s"] for m in metas)
+    return max(metas, key=lambda m: m["epoch"])
+
+
+def test_resume_after_kill_with_two_workers_matches_uninterrupted_run(synthetic, tmp_path):
+    common = ["--train.epochs", "10", "--train.patience", "10", "--train.seed", "5", *TWO_WORKERS]
+    assert main(_args(synthetic, tmp_path / "full", *common, "--run_name", "uninterrupted")) == 0
+    # killed mid-way in a separate process, then resumed under the same run name
+    killed = kill_after_epoch(synthetic, tmp_path, _args(synthetic, tmp_path / "resumed", *common), "killed", 2)
+    assert not (tmp_path / "resumed" / "metrics.json").exists(), "the run was supposed to be killed mid-way"
+    assert 2 <= killed["epoch"] < 9
     assert main(_args(synthetic, tmp_path / "resumed", *common, "--run_name", "killed")) == 0
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())["metrics"]
     report = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     resumed = report["metrics"]
-    assert report["train_s"] > killed_s  # the training clock carries over the killed process's time
+    assert report["train_s"] > killed["train_s"]  # the training clock carries over the killed process's time
+    # every rank's RNG, the optimizer and the data order are restored: the same numbers, not just close ones
     assert resumed["final_valid_NDCG@10"] == pytest.approx(full["final_valid_NDCG@10"], abs=1e-6)
     assert resumed["test_NDCG@10"] == pytest.approx(full["test_NDCG@10"], abs=1e-6)
+
+
+def test_a_resumed_run_whose_epoch_cap_is_reached_evaluates_its_best_checkpoint(synthetic, tmp_path):
+    common = ["--train.patience", "50", "--train.seed", "6"]
+    killed = kill_after_epoch(synthetic, tmp_path, _args(synthetic, tmp_path / "o", "--train.epochs", "50", *common),
+                              "capped", 2)
+    assert killed["epoch"] >= 2
+    # cap the run below what it has trained (e.g. it was taking too long): Ray Train restores the newest
+    # checkpoint it registered (epoch >= 1 here), whose epoch already reaches the cap of 2
+    assert main(_args(synthetic, tmp_path / "o", "--train.epochs", 2, *common, "--run_name", "capped")) == 0
+    report = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    restored = {m["epoch"]: m for m in (json.loads(p.read_text()) for p in
+                                        (synthetic / "runs" / "capped").glob("**/checkpoint.json"))}
+    assert report["epochs_run"] >= 2
+    restored = restored[report["epochs_run"] - 1]
+    assert report["best_epoch"] == restored["best_epoch"]
+    assert report["metrics"]["final_valid_NDCG@10"] == pytest.approx(restored["best_NDCG@10"], abs=1e-9)
+    assert 0 < report["metrics"]["test_HIT@10"] <= 1
+
+
+def test_two_workers_finish_when_users_split_unevenly_over_batches(tmp_path, ray_local):
+    world = World(seed=4, topics=8)
+    write_table(sequence_shard(world, 1, 514, 200, mean_length=8), tmp_path / "seq.parquet")  # 513 users
+    out = tmp_path / "out"
+    args = ["--sequences", str(tmp_path / "seq.parquet"), "--output", str(out), "--run_dir", str(tmp_path / "runs"),
+            "--eval.negatives_dir", str(tmp_path / "neg"), "--dataset", "u513", "--model.hidden", "16",
+            "--model.max_len", "10", "--train.batch_size", "256", "--train.epochs", "2", *TWO_WORKERS]
+    assert main(args) == 0  # global batches of 256, 256 and 1 user: rank 1 runs an empty third step
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["users"] == 513 and report["workers"] == 2 and report["epochs_run"] == 2
 
 
 def test_two_workers_agree_with_one(synthetic, tmp_path):
