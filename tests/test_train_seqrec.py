@@ -72,6 +72,13 @@ def test_modes_train_and_publish(synthetic, tmp_path, mode):
     assert torch.allclose(model.score(torch.tensor([[0] * 16 + history]), torch.from_numpy(ids[:1])),
                           torch.from_numpy(scores[:1]), atol=1e-5)
     sizes = report["token_size"]
+    assert sizes["item_params_trainable"] == sum(p.numel() for p in model.items.parameters())
+    if mode == "joint":  # ID part + the whole RQ-VAE + projection train, not the Table-5 arithmetic's L x C x d
+        joint = model.items.semantic
+        assert sizes["item_params_trainable"] == (N_ITEMS + 1) * 8 + sum(
+            p.numel() for m in (joint.rqvae, joint.proj) for p in m.parameters()) > sizes["total"]
+    else:
+        assert sizes["item_params_trainable"] == sizes["total"]
     if mode == "id":
         assert sizes["total"] == (N_ITEMS + 1) * 32
     elif mode == "semantic":
