@@ -4,6 +4,10 @@ Every error names what is wrong (file, column, row) so that a user can fix the i
 without reading a traceback.
 """
 
+from __future__ import annotations
+
+from typing import Iterator
+
 
 class SemrecError(Exception):
     """Base class: an expected failure with a user-facing message."""
@@ -21,3 +25,18 @@ class ConfigError(SemrecError):
     """Invalid settings (bad value, unknown field, unreadable config file)."""
 
     exit_code = 2
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything wrapped in it: causes and contexts, Ray's ``RayTaskError.cause``, and Ray
+    Train's per-rank ``WorkerGroupError.worker_failures``."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+        stack.extend((getattr(e, "worker_failures", None) or {}).values())

@@ -12,7 +12,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from semrec.errors import InputError
+from semrec.errors import InputError, exception_chain
 
 MANIFEST = "_MANIFEST.json"
 
@@ -85,16 +85,7 @@ def first_unreadable(file: str | Path, batch_rows: int = 65_536) -> str | None:
 
 def is_read_error(exc: BaseException) -> bool:
     """An OSError / Arrow error anywhere in an exception chain (Ray wraps a read task's error)."""
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (OSError, pa.ArrowException)):
-            return True
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
-    return False
+    return any(isinstance(e, (OSError, pa.ArrowException)) for e in exception_chain(exc))
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -10,7 +9,7 @@ from typing import Callable
 
 from semrec.config import load_settings, path_values
 from semrec.config.settings import JobSettings, RaySettings
-from semrec.errors import ConfigError, SemrecError
+from semrec.errors import ConfigError, SemrecError, exception_chain
 
 log = logging.getLogger("semrec")
 # an overloaded machine (seen with 4 local Rays on 2 cores) can miss the raylet's 30 s start-up deadline
@@ -65,41 +64,24 @@ def check_actor_budget(rs: RaySettings) -> None:
 def find_semrec_error(exc: BaseException) -> SemrecError | None:
     """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, Ray Train's per-rank
     worker failures, chained causes)."""
-    seen = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, SemrecError):
-            return e
-        stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
-        stack.extend((getattr(e, "worker_failures", None) or {}).values())  # Ray Train's WorkerGroupError
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, SemrecError)), None)
 
 
-def ray_job_working_dir() -> str | None:
-    """The uploaded working directory when this process is a `ray job submit` driver, else None."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the driver
-    if not raw:
-        return None
-    try:
-        return (json.loads(raw).get("runtime_env") or {}).get("working_dir") or None
-    except ValueError:
-        return None
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a `ray job submit` job (Ray's job supervisor sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
 def refuse_relative_paths_in_ray_job(settings: JobSettings) -> None:
-    """Under `ray job submit --working-dir`, the job runs inside a temporary copy of the working directory:
-    a relative input is looked up there (and data/ is not uploaded), a relative output vanishes with the
-    Ray session. Refuse them, naming each."""
-    if ray_job_working_dir() is None:
+    """A `ray job submit` driver runs in a temporary copy of --working-dir (or in the head's session folder
+    without one), never in the submitter's folder: a relative input is looked up there (and data/ is not
+    uploaded), a relative output vanishes with the Ray session. Refuse them, naming each."""
+    if not in_ray_job():
         return
     rel = [f"--{name} {p}" for name, vals in path_values(settings).items() for p in vals if not p.is_absolute()]
     if rel:
-        raise ConfigError(f"relative paths under `ray job submit`: {', '.join(rel)}. This job runs in a temporary "
-                          f"copy of --working-dir ({os.getcwd()}), so relative inputs are looked up there and "
+        raise ConfigError(f"relative paths under `ray job submit`: {', '.join(rel)}. This job runs in {os.getcwd()} "
+                          f"(a temporary copy of --working-dir), so relative inputs are looked up there and "
                           f"outputs would vanish with the Ray session; give absolute paths on storage every node "
                           f"sees (jobs/submit.py makes them absolute for you)")
 
