@@ -160,7 +160,7 @@ def test_a_resumed_run_whose_epoch_cap_is_reached_evaluates_its_best_checkpoint(
     assert 0 < report["metrics"]["test_HIT@10"] <= 1
 
 
-def test_two_workers_finish_when_users_split_unevenly_over_batches(tmp_path, ray_local):
+def test_two_workers_finish_when_users_split_unevenly_over_batches(tmp_path, ray_local, capsys):
     world = World(seed=4, topics=8)
     write_table(sequence_shard(world, 1, 514, 200, mean_length=8), tmp_path / "seq.parquet")  # 513 users
     out = tmp_path / "out"
@@ -170,6 +170,7 @@ def test_two_workers_finish_when_users_split_unevenly_over_batches(tmp_path, ray
     assert main(args) == 0  # global batches of 256, 256 and 1 user: rank 1 runs an empty third step
     report = json.loads((out / "metrics.json").read_text())
     assert report["users"] == 513 and report["workers"] == 2 and report["epochs_run"] == 2
+    assert "2/2" in capsys.readouterr().err  # the driver's progress bar reached the last epoch
 
 
 def test_two_workers_agree_with_one(synthetic, tmp_path):

@@ -78,6 +78,7 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     from ray.train.torch import TorchTrainer
 
     from semrec.pipelines.runtime import init_ray
+    from semrec.train.engine import driver_progress
     from semrec.train.seqrec import build_model, load_assets, train_loop
 
     t0 = time.perf_counter()
@@ -123,7 +124,8 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
                                      resources_per_worker={"CPU": s.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    with driver_progress(storage / name, s.train.epochs, "NDCG@10"):
+        result = trainer.fit()
     final = result.metrics or {}
     if not final.get("done"):
         raise RuntimeError(f"training ended without final metrics: {final}")

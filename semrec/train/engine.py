@@ -16,7 +16,8 @@ and sharded evaluation as metric sums; the engine owns everything else:
 - a checkpoint per epoch from rank 0 (model, optimizer, RNG states, epoch, best metric, best model,
   patience counter, training clock), automatic resume from the latest one, early stopping, and a
   run whose epoch cap is already reached evaluating its best checkpoint instead of training;
-- one log line per epoch (loss, validation metric, seconds, examples/s).
+- one log line per epoch (loss, validation metric, seconds, examples/s), and a progress bar on the
+  driver (``driver_progress``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -215,3 +219,41 @@ def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int,
     out.update({f"final_valid_{k}": v for k, v in
                 reduce_metrics(coll, family.evaluate(best_model, "valid", rank, world, True)).items()})
     return out
+
+
+@contextmanager
+def driver_progress(run_dir: Path, epochs: int, metric: str, every_s: float = 2.0) -> Iterator[None]:
+    """A progress bar on the driver while ``trainer.fit()`` runs: epochs done out of ``epochs``, with the
+    latest validation metric and the best so far, read from the checkpoints rank 0 writes under ``run_dir``."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        bar = tqdm(total=epochs, desc=f"training {Path(run_dir).name}", unit="epoch", file=sys.stderr,
+                   mininterval=every_s, dynamic_ncols=True)
+        seen = -1
+        while not stop.wait(every_s):
+            metas = []
+            for p in Path(run_dir).glob(f"**/{META_FILE}"):
+                try:
+                    metas.append(json.loads(p.read_text()))
+                except (OSError, ValueError):  # being written
+                    continue
+            if not metas:
+                continue
+            m = max(metas, key=lambda x: x.get("epoch", -1))
+            if m.get("epoch", -1) > seen:
+                seen = m["epoch"]
+                bar.n = min(seen + 1, epochs)
+                bar.set_postfix({f"valid {metric}": round(m.get(f"valid_{metric}", float("nan")), 4),
+                                 "best": round(m.get(f"best_{metric}", float("nan")), 4)}, refresh=True)
+        bar.close()
+
+    thread = threading.Thread(target=watch, name="semrec-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
