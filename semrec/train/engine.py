@@ -233,21 +233,25 @@ def driver_progress(run_dir: Path, epochs: int, metric: str, every_s: float = 2.
         bar = tqdm(total=epochs, desc=f"training {Path(run_dir).name}", unit="epoch", file=sys.stderr,
                    mininterval=every_s, dynamic_ncols=True)
         seen = -1
-        while not stop.wait(every_s):
+
+        def update() -> None:
+            nonlocal seen
             metas = []
             for p in Path(run_dir).glob(f"**/{META_FILE}"):
                 try:
                     metas.append(json.loads(p.read_text()))
                 except (OSError, ValueError):  # being written
                     continue
-            if not metas:
-                continue
-            m = max(metas, key=lambda x: x.get("epoch", -1))
+            m = max(metas, key=lambda x: x.get("epoch", -1), default={})
             if m.get("epoch", -1) > seen:
                 seen = m["epoch"]
                 bar.n = min(seen + 1, epochs)
                 bar.set_postfix({f"valid {metric}": round(m.get(f"valid_{metric}", float("nan")), 4),
                                  "best": round(m.get(f"best_{metric}", float("nan")), 4)}, refresh=True)
+
+        while not stop.wait(every_s):
+            update()
+        update()  # the last epoch's checkpoint may land just before fit() returns
         bar.close()
 
     thread = threading.Thread(target=watch, name="semrec-progress", daemon=True)
