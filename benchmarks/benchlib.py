@@ -13,8 +13,8 @@ class PeakRSS:
     """Samples the summed RSS of this process and all its descendants (Ray's raylet, workers, actors)
     every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes."""
 
-    def __init__(self, interval: float = 0.1):
-        self.interval = interval
+    def __init__(self, interval: float = 0.1, children: bool = True):
+        self.interval, self.children = interval, children
         self.peak_total = 0
         self.peak_single = 0
         self._stop = threading.Event()
@@ -24,7 +24,7 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            for p in [me, *(me.children(recursive=True) if self.children else [])]:
                 try:
                     rss = p.memory_info().rss
                 except psutil.Error:

@@ -84,9 +84,10 @@ def stream_full_ranking(users: torch.Tensor, item_vectors: Callable[[torch.Tenso
             in_block = (targets >= start) & (targets < end)
             better[in_block.nonzero()[:, 0], targets[in_block] - start] = False  # the target does not beat itself
             rank += better.sum(dim=1)
-        cand_s = torch.cat([top_s, scores], dim=1)
-        cand_i = torch.cat([top_i, ids.expand(b, -1)], dim=1)
-        top_s, pos = cand_s.topk(min(k, cand_s.shape[1]), dim=1)
+        # the block's own top-k first, then a merge with the running top-k: temporaries stay B x 2k
+        blk_s, blk_pos = scores.topk(min(k, end - start), dim=1)
+        cand_s, cand_i = torch.cat([top_s, blk_s], dim=1), torch.cat([top_i, blk_pos + start], dim=1)
+        top_s, pos = cand_s.topk(k, dim=1)
         top_i = cand_i.gather(1, pos)
     return (rank.cpu().numpy() if targets is not None else None), top_i.cpu().numpy(), top_s.cpu().numpy()
 
