@@ -183,7 +183,6 @@ class SeqRecFamily:
         self.max_len = config["model"]["max_len"]
         self.inputs, self.targets = train_arrays(self.seqs, self.max_len)
         self.sampler = NegativeSampler(self.seqs)
-        self.device = "cpu"
 
     def build(self) -> SASRec:
         return build_model(self.config, self.assets)
@@ -223,5 +222,4 @@ def train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    torch.set_num_threads(config["train"]["threads"])
     fit(SeqRecFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
