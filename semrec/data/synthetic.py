@@ -15,7 +15,6 @@ shard size give the same bytes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,13 +129,7 @@ def _write_shards(out_dir: Path, total: int, rows_per_shard: int, make) -> list[
     bounds = [(k, 1 + k * rows_per_shard, 1 + min(total, (k + 1) * rows_per_shard))
               for k in range((total + rows_per_shard - 1) // rows_per_shard)]
     pending = [task.remote(*b) for b in bounds]
-    paths = [Path(p) for p in ray.get(pending)]
-    # finished tasks return their CPUs a moment later; a Ray Data job started in that moment logs "no available
-    # CPUs ... will hang" (it does not hang): wait briefly for them
-    deadline = time.monotonic() + 5
-    while not ray.available_resources().get("CPU") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return paths
+    return [Path(p) for p in ray.get(pending)]
 
 
 def write_catalogue(out_dir: Path, n_items: int, seed: int = 0, rows_per_shard: int = 1_000_000,

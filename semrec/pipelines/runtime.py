@@ -42,10 +42,21 @@ def init_ray(rs: RaySettings) -> None:
                 ray.shutdown()
     import ray.data
 
+    logging.getLogger("ray.data.dataset").addFilter(_NoFalseHangWarning())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.raise_original_map_exception = True  # our InputErrors reach the driver as themselves
     log.info("ray: %s CPUs, address %s", ray.cluster_resources().get("CPU"), address or "in-process")
+
+
+class _NoFalseHangWarning(logging.Filter):
+    """Ray Data warns "no available CPUs ... will hang" whenever ``ray.available_resources()`` reads 0 CPUs at
+    the start of an execution: on a busy machine, or just after tasks finished but before their CPUs are
+    reported back, with no hang following. semrec's pipelines size their actor pools so that read/write
+    tasks always have a CPU (``check_actor_budget``), so the line is a false alarm there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will hang unless more CPUs are freed up" not in record.getMessage()
 
 
 def check_actor_budget(rs: RaySettings) -> None:
