@@ -210,9 +210,11 @@ def test_cli_help_and_exit_code_in_a_subprocess(tmp_path):
 
 
 def test_a_normal_run_logs_no_error_or_hang_lines_and_one_small_sample_warning(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "tokenize_items.py"), "--sample", "300", "--output",
-                        str(tmp_path / "o"), "--quantizer.kind", "rkmeans", "--quantizer.codebook_size", "64",
-                        "--no-plots"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    write_table(embeddings_table(clustered(n=300, d=8)), tmp_path / "emb.parquet")
+    r = subprocess.run([sys.executable, str(ROOT / "jobs" / "tokenize_items.py"), "--embeddings",
+                        str(tmp_path / "emb.parquet"), "--output", str(tmp_path / "o"), "--quantizer.kind", "rkmeans",
+                        "--quantizer.codebook_size", "64", "--no-plots"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
     bad = [line for line in log.splitlines()
