@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     entry = absolute_paths(entry)
     client = JobSubmissionClient(args.address, headers=auth_headers(args.token_file))
-    job = client.submit_job(entrypoint=" ".join(_quote(a) for a in entry),
+    job = client.submit_job(entrypoint=shlex.join(entry),
                             runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES})
     print(f"submitted {job}: {' '.join(entry)}", flush=True)
     if args.no_wait:
@@ -112,9 +113,3 @@ def main(argv: list[str] | None = None) -> int:
     code = getattr(client.get_job_info(job), "driver_exit_code", None)
     print(f"{job}: {status}" + (f" (exit {code})" if code is not None else ""), file=sys.stderr)
     return 0 if status == JobStatus.SUCCEEDED else (code or 1)
-
-
-def _quote(a: str) -> str:
-    import shlex
-
-    return shlex.quote(a)
