@@ -35,6 +35,8 @@ EXPERIMENTS = [
     # LastFM's test split is small (1,090 users): the same run with other training seeds gives its spread
     *[(f"lastfm-id-seed{s}", "lastfm", "id", [*LASTFM, "--train.seed", str(s)], None) for s in (1, 2, 3, 4)],
     ("beauty-id", "beauty", "id", [], None),
+    # the same run on 2 Ray Train workers (DDP): the global batch and its negatives are the same as with 1
+    ("beauty-id-2workers", "beauty", "id", ["--train.num_workers", "2"], None),
     ("beauty-semantic", "beauty", "semantic", [], ("hybrid", 256)),
     ("beauty-unified", "beauty", "unified", [], ("hybrid", 256)),
     ("beauty-joint", "beauty", "joint", [], ("hybrid", 256)),
