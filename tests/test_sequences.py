@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 
 from semrec.data.io import write_table
-from semrec.data.sequences import (NegativeSampler, Sequences, eval_arrays, frozen_negatives, left_pad,
-                                   load_sequences, sample_negatives, s3rec_negatives, train_arrays)
+from semrec.data.seqbatch import RowBatch, eval_examples, eval_negatives, rank_rows, train_examples
+from semrec.data.sequences import Sequences, frozen_negatives, load_sequences, sample_negatives, s3rec_negatives
 from semrec.errors import InputError
 from helpers import shared
 
@@ -15,14 +15,49 @@ def _seqs(rows, n_items=20):
 
 def test_leave_one_out_split():
     s = _seqs([[1, 2, 3, 4, 5], [6, 7, 8]])
-    inp, tgt = train_arrays(s, max_len=4)
+    inp, tgt, neg = train_examples(s.rows, 4, 20, seed=0, epoch=0)
     assert inp.tolist() == [[0, 0, 1, 2], [0, 0, 0, 0]]
     assert tgt.tolist() == [[0, 0, 2, 3], [0, 0, 0, 0]]  # a 3-item user has no training position
-    h, t = eval_arrays(s, 4, "valid")
+    assert ((neg > 0) == (tgt > 0)).all()
+    h, t = eval_examples(s.rows, 4, "valid")
     assert h.tolist() == [[0, 1, 2, 3], [0, 0, 0, 6]] and t.tolist() == [4, 7]
-    h, t = eval_arrays(s, 4, "test")
+    h, t = eval_examples(s.rows, 4, "test")
     assert h.tolist() == [[1, 2, 3, 4], [0, 0, 6, 7]] and t.tolist() == [5, 8]
-    assert left_pad([np.arange(1, 10)], 3).tolist() == [[7, 8, 9]]
+    long = _seqs([list(range(1, 10))])
+    assert eval_examples(long.rows, 3, "test")[0].tolist() == [[6, 7, 8]]  # the last max_len items
+
+
+def test_rows_from_arrow_slices_and_memory_agree():
+    """A streamed block (an Arrow slice) gives the same rows, examples and negatives as the table in memory."""
+    rng = np.random.default_rng(1)
+    s = _seqs([rng.integers(1, 51, size=rng.integers(3, 30)) for _ in range(40)], 50)
+    table = pa.table({"user_id": pa.array(s.user_ids, pa.int64()),
+                      "item_ids": pa.array([x.tolist() for x in s.items], pa.list_(pa.int64()))})
+    block = RowBatch.from_arrow(table.slice(10, 20))
+    mem = s.batch(np.arange(10, 30))
+    for a, b in zip(train_examples(block, 8, 50, 3, 7), train_examples(mem, 8, 50, 3, 7)):
+        np.testing.assert_array_equal(a, b)
+    # a user's negatives depend on (seed, epoch, user) only, not on the batch it comes in
+    one = train_examples(s.batch(np.array([12])), 8, 50, 3, 7)[2]
+    np.testing.assert_array_equal(one[0], train_examples(mem, 8, 50, 3, 7)[2][2])
+    assert not (train_examples(mem, 8, 50, 3, 8)[2] == train_examples(mem, 8, 50, 3, 7)[2]).all()
+    parts = [rank_rows(s.user_ids, r, 3) for r in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(40)) and all(len(p) for p in parts)
+
+
+def test_hashed_negatives_avoid_the_users_items():
+    rng = np.random.default_rng(0)
+    s = _seqs([rng.choice(np.arange(1, 121), size=rng.integers(3, 20), replace=False) for _ in range(300)], 120)
+    _, tgt, neg = train_examples(s.rows, 25, 120, seed=1, epoch=0)
+    ev = eval_negatives(s.rows, 99, 120, seed=5)
+    for row, items in enumerate(s.items):
+        seen = set(items.tolist())
+        assert not set(neg[row][tgt[row] > 0].tolist()) & seen and (neg[row][tgt[row] == 0] == 0).all()
+        assert len(set(ev[row].tolist())) == 99 and not set(ev[row].tolist()) & seen
+    assert ev.min() >= 1 and ev.max() <= 120
+    np.testing.assert_array_equal(ev[7:9], eval_negatives(s.batch(np.array([7, 8])), 99, 120, seed=5))
+    with pytest.raises(InputError, match="too many items"):
+        eval_negatives(_seqs([list(range(1, 30))], 120).rows, 99, 120, seed=5)
 
 
 def test_negatives_avoid_history_and_are_frozen(tmp_path):
@@ -36,15 +71,6 @@ def test_negatives_avoid_history_and_are_frozen(tmp_path):
     np.testing.assert_array_equal(neg, again)
     np.testing.assert_array_equal(sample_negatives(s, 99, 1), neg)  # same draw from the seed alone
     assert (tmp_path / "toy-seed1-k99.parquet").exists()
-
-
-def test_training_negatives_avoid_the_users_items():
-    s = _seqs([[1, 2, 3, 4], [5, 6, 7]], n_items=9)
-    sampler = NegativeSampler(s)
-    pos = np.array([[0, 2, 3], [0, 0, 6]])
-    neg = sampler.sample(np.array([0, 1]), pos, np.random.default_rng(0))
-    assert neg[0, 0] == 0 and neg[1, 0] == 0 and neg[1, 1] == 0
-    assert not set(neg[0][neg[0] > 0]) & {1, 2, 3, 4} and not set(neg[1][neg[1] > 0]) & {5, 6, 7}
 
 
 def test_bad_sequences(tmp_path):

@@ -234,6 +234,12 @@ class TrainSettings(Section):
     threads: int | None = Field(None, ge=1, description="torch threads per worker (default: ceil(cpus_per_worker))")
     seed: int = Field(42, description="seed of init, shuffling, negatives and dropout")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
+    source: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="where workers get rows: memory (every worker holds the table; frozen evaluation "
+                            "negatives), stream (Ray Data shards of the table, bounded memory; evaluation negatives "
+                            "hashed from (seed, user)), auto (stream above memory_max_users rows)")
+    memory_max_users: int = Field(1_000_000, ge=1, description="source=auto: largest table trained from memory")
+    shuffle_buffer: int = Field(65_536, ge=1, description="source=stream: users each worker shuffles at a time")
 
 
 class EvalSettings(Section):

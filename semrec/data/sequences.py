@@ -13,45 +13,80 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from semrec.data.io import parquet_files, read_table, write_table
+from semrec.data.seqbatch import RowBatch
 from semrec.errors import InputError
 from semrec.schemas import decode_metadata, encode_metadata
 
-MIN_LENGTH = 3
 
 
 @dataclass
 class Sequences:
+    """A user_sequences table in memory (small data): users sorted by id, with their item ids."""
+
     user_ids: np.ndarray  # (U,) int64
     items: list[np.ndarray]  # chronological item ids per user
     n_items: int  # item ids are 1..n_items
 
+    def __post_init__(self):
+        lengths = np.array([len(s) for s in self.items], dtype=np.int64)
+        flat = np.concatenate(self.items).astype(np.int64) if self.items else np.zeros(0, np.int64)
+        self.rows = RowBatch(np.asarray(self.user_ids, dtype=np.int64),
+                             np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat)
+
     def __len__(self) -> int:
         return len(self.user_ids)
+
+    def batch(self, rows: np.ndarray) -> RowBatch:
+        return self.rows.take(rows)
 
 
 def load_sequences(path: str | Path, n_items: int | None = None) -> Sequences:
     """Read ``user_sequences`` Parquet; refuse sequences shorter than 3 and unknown item ids."""
     files = parquet_files(path, "user_sequences")
-    t = read_table(files, "user_sequences", columns=["user_id", "item_ids"])
-    users = t.column("user_id").to_numpy()
-    items = [np.asarray(x, dtype=np.int64) for x in t.column("item_ids").to_pylist()]
-    order = np.argsort(users, kind="stable")
-    users, items = users[order], [items[i] for i in order]
-    for u, s in zip(users, items):
-        if len(s) < MIN_LENGTH:
-            raise InputError(f"{path}: user {u} has {len(s)} items; leave-one-out needs at least {MIN_LENGTH}")
-    flat = np.concatenate(items)
-    if flat.min() < 1:
-        bad = next(u for u, s in zip(users, items) if s.min() < 1)
-        raise InputError(f"{path}: user {bad} has item id < 1 (ids are 1-based, 0 is padding)")
-    max_id = int(flat.max())
-    if n_items is not None and max_id > n_items:
-        bad = next(u for u, s in zip(users, items) if s.max() > n_items)
-        raise InputError(f"{path}: user {bad} has item id {max_id} outside the catalogue 1..{n_items}")
-    return Sequences(users, items, n_items or max_id)
+    rows = RowBatch.from_arrow(read_table(files, "user_sequences", columns=["user_id", "item_ids"]))
+    rows.check(n_items, str(path))
+    order = np.argsort(rows.user_ids, kind="stable")
+    rows = rows.take(order)
+    items = np.split(rows.flat, rows.offsets[1:-1])
+    return Sequences(rows.user_ids, items, n_items or int(rows.flat.max()))
+
+
+def _scan_block(table: pa.Table, n_items: int | None) -> pa.Table:
+    rows = RowBatch.from_arrow(table)
+    error = ""
+    try:
+        rows.check(n_items, ", ".join(sorted(set(table.column("path").to_pylist()))))
+    except InputError as e:
+        error = str(e)
+    return pa.table({"users": [len(rows)], "max_id": [int(rows.flat.max()) if len(rows.flat) else 0],
+                     "error": [error]})
+
+
+def scan_sequences(files: list[Path], n_items: int | None) -> tuple[int, int]:
+    """(users, n_items) of a ``user_sequences`` table too large for one process, checked as
+    ``load_sequences`` checks it (sequences of >= 3 items, ids in 1..n_items), by Ray Data tasks, in
+    bounded memory; the first bad row is an InputError naming its file and user."""
+    import ray.data
+
+    ds = ray.data.read_parquet([str(f) for f in files], include_paths=True).select_columns(
+        ["user_id", "item_ids", "path"])
+    stats = ds.map_batches(_scan_block, fn_kwargs={"n_items": n_items}, batch_size=None,
+                           batch_format="pyarrow").to_arrow_refs()
+    import ray
+
+    tables = [t for t in ray.get(stats) if t.num_rows]
+    errors = [e for t in tables for e in t.column("error").to_pylist() if e]
+    if errors:
+        raise InputError(errors[0])
+    users = sum(pa.compute.sum(t.column("users")).as_py() or 0 for t in tables)
+    max_id = max((pa.compute.max(t.column("max_id")).as_py() or 0 for t in tables), default=0)
+    if users == 0:
+        raise InputError(f"{files[0].parent}: user_sequences has no rows")
+    return users, n_items or max_id
 
 
 def sample_negatives(seqs: Sequences, k: int = 99, seed: int = 0) -> np.ndarray:
@@ -140,56 +175,5 @@ def check_negatives(path: Path, neg: np.ndarray, seqs: Sequences) -> np.ndarray:
             raise InputError(f"{path}: negative item {neg[row, col]} of user {seqs.user_ids[row]} is {what}")
 
     refuse((neg < 1) | (neg > seqs.n_items), f"outside the catalogue 1..{seqs.n_items}")
-    refuse(NegativeSampler(seqs).seen(np.arange(len(seqs)), neg), "in that user's own sequence")
+    refuse(seqs.rows.seen(np.arange(len(seqs)), neg, seqs.n_items), "in that user's own sequence")
     return neg
-
-
-def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """(U, max_len) int64, each row the last ``max_len`` items right-aligned, 0-padded on the left."""
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for row, s in enumerate(seqs):
-        s = s[-max_len:]
-        if len(s):
-            out[row, max_len - len(s):] = s
-    return out
-
-
-def train_arrays(seqs: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """S3-Rec training example per user: input s[:-2][:-1], next-item targets s[:-2][1:]."""
-    train = [s[:-2] for s in seqs.items]
-    return left_pad([t[:-1] for t in train], max_len), left_pad([t[1:] for t in train], max_len)
-
-
-def eval_arrays(seqs: Sequences, max_len: int, split: str,
-                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(histories, targets) of the users ``rows`` (default all): valid = s[:-2] -> s[-2]; test = s[:-1] -> s[-1]."""
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be valid or test, got {split!r}")
-    cut = 2 if split == "valid" else 1
-    items = seqs.items if rows is None else [seqs.items[u] for u in rows]
-    return left_pad([s[:-cut] for s in items], max_len), np.array([s[-cut] for s in items], dtype=np.int64)
-
-
-class NegativeSampler:
-    """Uniform training negatives outside each user's whole sequence (vectorised, seeded)."""
-
-    def __init__(self, seqs: Sequences):
-        self.n_items = seqs.n_items
-        base = np.int64(seqs.n_items + 1)
-        self.keys = np.unique(np.concatenate([np.full(len(s), u, dtype=np.int64) * base + s
-                                              for u, s in enumerate(seqs.items)]))
-        self.base = base
-
-    def seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        k = users[:, None] * self.base + items
-        pos = np.searchsorted(self.keys, k)
-        return self.keys[np.minimum(pos, len(self.keys) - 1)] == k
-
-    def sample(self, users: np.ndarray, shape_like: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        neg = rng.integers(1, self.n_items + 1, size=shape_like.shape)
-        for _ in range(100):
-            bad = self.seen(users, neg)
-            if not bad.any():
-                break
-            neg[bad] = rng.integers(1, self.n_items + 1, size=int(bad.sum()))
-        return np.where(shape_like > 0, neg, 0)

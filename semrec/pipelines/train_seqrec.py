@@ -24,8 +24,10 @@ import numpy as np
 
 from semrec.config import write_effective
 from semrec.config.settings import TrainSeqRecSettings
+from semrec.data.io import count_rows, parquet_files
 from semrec.data.output import job_output
-from semrec.data.sequences import frozen_negatives, s3rec_negatives
+from semrec.data.sequences import frozen_negatives, load_sequences, s3rec_negatives, scan_sequences
+from semrec.errors import ConfigError
 
 log = logging.getLogger("semrec.train_seqrec")
 
@@ -87,29 +89,57 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     for key in ("sequences", "tokens", "embeddings"):  # Ray Train workers do not run in our working directory
         if cfg[key] is not None:
             cfg[key] = str(Path(cfg[key]).absolute())
-    # validate everything a worker will load before starting Ray (clear errors, nothing published)
-    assets = load_assets(cfg)
-    model = build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before Ray starts
-    seqs = assets.seqs
+    # validate everything a worker will load (clear errors, nothing published)
+    files = parquet_files(s.sequences, "user_sequences")
+    source = s.train.source
+    if source == "auto":
+        source = "stream" if count_rows(files) > s.train.memory_max_users and not s.eval.negatives_file else "memory"
     dataset = s.dataset or Path(s.sequences).resolve().parent.name or Path(s.sequences).stem
-    if s.eval.negatives_file:
-        negatives = s3rec_negatives(s.eval.negatives_file, seqs)
-        source = str(s.eval.negatives_file)
-    else:
-        negatives = frozen_negatives(s.eval.negatives_dir, dataset, seqs, s.eval.negatives, s.eval.negatives_seed)
-        source = f"{s.eval.negatives_dir}/{dataset}-seed{s.eval.negatives_seed}-k{s.eval.negatives}.parquet"
+    if source == "memory":
+        seqs = load_sequences(s.sequences, n_items=s.n_items)
+        users, n_items = len(seqs), seqs.n_items
+        if s.eval.negatives_file:
+            negatives = s3rec_negatives(s.eval.negatives_file, seqs)
+            neg_source = str(s.eval.negatives_file)
+        else:
+            negatives = frozen_negatives(s.eval.negatives_dir, dataset, seqs, s.eval.negatives, s.eval.negatives_seed)
+            neg_source = f"{s.eval.negatives_dir}/{dataset}-seed{s.eval.negatives_seed}-k{s.eval.negatives}.parquet"
+        del seqs
+    elif s.eval.negatives_file:
+        raise ConfigError("--eval.negatives_file needs --train.source memory (the streamed source hashes its "
+                          "evaluation negatives from (seed, user))")
     init_ray(s.ray)
     total_cpus = ray.cluster_resources().get("CPU", 0)
-    if s.train.num_workers * s.train.cpus_per_worker > total_cpus:
-        from semrec.errors import ConfigError
-
+    reads = 0.5 if source == "stream" else 0.0  # Ray Data read tasks next to the workers (2-core deadlock trap)
+    if s.train.num_workers * s.train.cpus_per_worker + reads > total_cpus:
         raise ConfigError(f"train.num_workers x train.cpus_per_worker = {s.train.num_workers * s.train.cpus_per_worker:g} "
-                          f"CPUs but the cluster has {total_cpus:g}: lower train.cpus_per_worker (e.g. 0.5)")
+                          f"CPUs{' + 0.5 for the streamed reads' if reads else ''} but the cluster has "
+                          f"{total_cpus:g}: lower train.cpus_per_worker (e.g. 0.5)")
+    if source == "stream":
+        users, n_items = scan_sequences(files, s.n_items)
+        neg_source = f"hashed from (seed {s.eval.negatives_seed}, user), {s.eval.negatives} per user"
+    cfg.update({"n_items": n_items, "source": source})
+    assets = load_assets(cfg, n_items)
+    model = build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before training
+    del assets
     name = run_name(s)
     storage = Path(s.run_dir).absolute()
     neg_path = stage / "_negatives.npy"
-    np.save(neg_path, negatives)
-    cfg.update({"negatives_npy": str(neg_path), "ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
+    datasets, data_config = {}, None
+    if source == "memory":
+        np.save(neg_path, negatives)
+        cfg["negatives_npy"] = str(neg_path)
+    else:  # every worker streams the whole table in file order and keeps its users (exact resume)
+        import ray.data
+        from ray.train import DataConfig
+
+        ds = ray.data.read_parquet([str(f) for f in files], num_cpus=reads).select_columns(["user_id", "item_ids"])
+        ds.context.enable_progress_bars = False  # two passes an epoch: the engine's epoch line reports them
+        datasets["sequences"] = ds
+        options = DataConfig.default_ingest_options()
+        options.preserve_order = True
+        data_config = DataConfig(datasets_to_split=[], execution_options=options)
+    cfg.update({"ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
     # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
     # previous run with this name finished, or when asked to
     state = run_state(storage / name)
@@ -119,7 +149,7 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     elif state is not None:
         log.info("resuming %s after epoch %d", name, state["epoch"])
     trainer = TorchTrainer(
-        train_loop, train_loop_config=cfg,
+        train_loop, train_loop_config=cfg, datasets=datasets, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
                                      resources_per_worker={"CPU": s.train.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -129,10 +159,10 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     final = result.metrics or {}
     if not final.get("done"):
         raise RuntimeError(f"training ended without final metrics: {final}")
-    neg_path.unlink()
+    neg_path.unlink(missing_ok=True)
     metrics = {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}
-    report = {"dataset": dataset, "mode": s.model.mode, "users": len(seqs), "items": seqs.n_items,
-              "negatives": source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
+    report = {"dataset": dataset, "mode": s.model.mode, "users": users, "items": n_items, "source": source,
+              "negatives": neg_source, "ties": s.eval.ties, "best_epoch": final["best_epoch"],
               "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
               "train_s": final["train_s"],
               "workers": s.train.num_workers, "run_name": name, "metrics": metrics,

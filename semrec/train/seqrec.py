@@ -1,13 +1,24 @@
 """The sequential family (SASRec with id / semantic / unified / joint items) on the shared training engine
-(``semrec.train.engine``): its assets (sequences, token codes, text embeddings), its batches, loss and
-sharded evaluation. Checkpoints, resume, early stopping and the worker group are the engine's.
+(``semrec.train.engine``): its assets (token codes, text embeddings), its rows, batches, loss and sharded
+evaluation. Checkpoints, resume, early stopping and the worker group are the engine's.
 
-Every worker still loads the sequence table into memory (fine at the sizes of the published datasets);
-streaming it through Ray Data shards is the next step of the engine work.
+Rows come from one of two sources behind one interface (``rows_source``), and every example is built by
+the same code (``semrec.data.seqbatch``):
+
+- ``memory`` (small data): every worker holds the table; an epoch's order is a permutation keyed by
+  (seed, epoch), global batch k holds users ``order[kB:(k+1)B]`` and rank r takes every world-th of them,
+  so the examples of a step do not depend on the number of workers; evaluation uses the frozen
+  negatives file (the published protocol, e.g. LastFM's official one).
+- ``stream`` (any size): the ``user_sequences`` Dataset given to ``TorchTrainer(datasets=...)``; every
+  worker streams it in file order and keeps the users that hash to its rank (a deterministic split, so a
+  resumed run sees exactly the batches of an uninterrupted one), shuffling them in a bounded buffer keyed
+  by (seed, epoch, rank); evaluation streams its users the same way with 99 negatives hashed from
+  (seed, user). No process holds the table.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +27,9 @@ import pyarrow.parquet as pq
 import torch
 
 from semrec.data.io import parquet_files, read_table
-from semrec.data.sequences import NegativeSampler, Sequences, eval_arrays, load_sequences, train_arrays
+from semrec.data.seqbatch import (RowBatch, eval_examples, eval_negatives, histories, rank_rows,
+                                  train_examples)
+from semrec.data.sequences import load_sequences
 from semrec.errors import InputError
 from semrec.eval.metrics import metric_sums, ranks_sampled, stream_full_ranking
 from semrec.models.sasrec import SASRec, build_sasrec
@@ -27,7 +40,9 @@ from semrec.schemas import decode_metadata
 # ----------------------------------------------------------------------------- assets
 @dataclass
 class Assets:
-    seqs: Sequences
+    """Per-item model inputs (sized by the catalogue, never by the users)."""
+
+    n_items: int
     codes: np.ndarray | None = None  # (n_items + 1, L), row 0 = padding
     codebook_sizes: list[int] | None = None
     text: np.ndarray | None = None  # (n_items + 1, D)
@@ -83,15 +98,14 @@ def load_text_embeddings(path: Path, n_items: int) -> np.ndarray:
     return out
 
 
-def load_assets(cfg: dict) -> Assets:
-    seqs = load_sequences(cfg["sequences"], n_items=cfg.get("n_items"))
+def load_assets(cfg: dict, n_items: int) -> Assets:
     m = cfg["model"]
-    assets = Assets(seqs)
+    assets = Assets(n_items)
     if m["mode"] in ("semantic", "unified"):
-        assets.codes, assets.codebook_sizes = load_token_codes(Path(cfg["tokens"]), seqs.n_items, m["use_suffix"])
+        assets.codes, assets.codebook_sizes = load_token_codes(Path(cfg["tokens"]), n_items, m["use_suffix"])
     if m["mode"] == "joint":
         assets.text = load_text_embeddings(Path(cfg.get("embeddings") or Path(cfg["tokens"]) / "item_embeddings"),
-                                           seqs.n_items)
+                                           n_items)
         assets.quantizer_dir = Path(cfg["tokens"]) / "quantizer"
     return assets
 
@@ -99,7 +113,7 @@ def load_assets(cfg: dict) -> Assets:
 def build_model(cfg: dict, assets: Assets) -> SASRec:
     """The model of the settings ``cfg`` over ``assets``; ``model.config`` is what ``save_pretrained`` writes."""
     m = cfg["model"]
-    spec = {"n_items": assets.seqs.n_items, "mode": m["mode"], "hidden": m["hidden"], "layers": m["layers"],
+    spec = {"n_items": assets.n_items, "mode": m["mode"], "hidden": m["hidden"], "layers": m["layers"],
             "heads": m["heads"], "max_len": m["max_len"], "dropout": m["dropout"],
             "id_dim": m["id_dim"] if m["mode"] in ("unified", "joint") else 0}
     if m["mode"] in ("semantic", "unified"):
@@ -129,28 +143,92 @@ def build_model(cfg: dict, assets: Assets) -> SASRec:
     return build_sasrec(spec, text=torch.from_numpy(assets.text), rqvae=q.module)
 
 
+# ----------------------------------------------------------------------------- rows
+class MemoryRows:
+    """The whole table in this process, with the frozen evaluation negatives (small data)."""
+
+    def __init__(self, config: dict):
+        self.seqs = load_sequences(config["sequences"], n_items=config["n_items"])
+        self.negatives = np.load(config["negatives_npy"])
+
+    def train_batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.seqs))
+        for start in range(0, len(order), batch_size):
+            yield self.seqs.batch(order[start:start + batch_size][rank::world])
+
+    def eval_batches(self, rank: int, world: int, size: int):
+        rows = np.arange(rank, len(self.seqs), world)
+        for i in range(0, len(rows), size):
+            yield self.seqs.batch(rows[i:i + size]), self.negatives[rows[i:i + size]]
+
+
+class StreamRows:
+    """This worker's users of the ``sequences`` Dataset shard, streamed (see the module docstring)."""
+
+    def __init__(self, config: dict):
+        self.n_items, self.buffer = config["n_items"], config["train"]["shuffle_buffer"]
+        self.k, self.neg_seed = config["eval"]["negatives"], config["eval"]["negatives_seed"]
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # 2 executions an epoch; the epoch line reports
+
+    def _rows(self, rank: int, world: int, size: int):
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("sequences")
+        for table in shard.iter_batches(batch_size=size, batch_format="pyarrow", prefetch_batches=2):
+            rows = RowBatch.from_arrow(table)
+            yield rows.take(rank_rows(rows.user_ids, rank, world))
+
+    def train_batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int):
+        local = -(-batch_size // world)
+        rng = np.random.default_rng([seed, epoch, rank])
+        pending, held = [], 0
+
+        def drain(final: bool):
+            rows = RowBatch.concat(pending)
+            perm = rng.permutation(len(rows))
+            cut = len(rows) if final else len(rows) // local * local
+            batches = [rows.take(perm[i:i + local]) for i in range(0, cut, local)]
+            return batches, rows.take(perm[cut:])
+
+        for rows in self._rows(rank, world, 4096):
+            pending.append(rows)
+            held += len(rows)
+            if held >= self.buffer:
+                batches, rest = drain(False)
+                yield from batches
+                pending, held = [rest], len(rest)
+        if held:
+            yield from drain(True)[0]
+
+    def eval_batches(self, rank: int, world: int, size: int):
+        for rows in self._rows(rank, world, size):
+            if len(rows):
+                yield rows, eval_negatives(rows, self.k, self.n_items, self.neg_seed)
+
+
+def rows_source(config: dict):
+    return StreamRows(config) if config["source"] == "stream" else MemoryRows(config)
+
+
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: SASRec, seqs: Sequences, negatives: np.ndarray, split: str, max_len: int, ties: str,
-             full_ranking: bool, rows: np.ndarray | None = None, batch_size: int = 1024, device: str = "cpu",
+def evaluate(model: SASRec, batches, split: str, max_len: int, ties: str, full_ranking: bool, device: str = "cpu",
              item_block: int = 65_536) -> dict[str, float]:
-    """Metric sums over the users ``rows`` (default: all) and their ``count``: sampled metrics (target + the
-    user's negatives) and, with ``full_ranking``, the rank among all items with the user's entire history
-    excluded (the target always competes), streamed over item blocks."""
+    """Metric sums over ``batches`` of (rows, sampled negatives) and their ``count``: sampled metrics (target
+    + the user's negatives) and, with ``full_ranking``, the rank among all items with the user's entire
+    history excluded (the target always competes), streamed over item blocks."""
     was_training = model.training
     model.eval()
-    rows = np.arange(len(seqs)) if rows is None else rows
-    hist, targets = eval_arrays(seqs, max_len, split, rows)
     cut = 2 if split == "valid" else 1
-    cand = np.concatenate([targets[:, None], negatives[rows]], axis=1)
     sampled, full = [], []
-    for i in range(0, len(rows), batch_size):
-        h = torch.from_numpy(hist[i:i + batch_size]).to(device)
-        sampled.append(ranks_sampled(model.score(h, torch.from_numpy(cand[i:i + batch_size]).to(device)), ties))
+    for rows, negatives in batches:
+        hist, targets = eval_examples(rows, max_len, split)
+        h = torch.from_numpy(hist).to(device)
+        cand = np.concatenate([targets[:, None], negatives], axis=1)
+        sampled.append(ranks_sampled(model.score(h, torch.from_numpy(cand).to(device)), ties))
         if full_ranking:
-            tg = torch.from_numpy(targets[i:i + batch_size]).to(device)
-            whole = [seqs.items[u][:-cut] for u in rows[i:i + batch_size]]
-            ranks, _, _ = stream_full_ranking(model.user_states(h), model.items, seqs.n_items, tg, whole,
+            ranks, _, _ = stream_full_ranking(model.user_states(h), model.items, model.config["n_items"],
+                                              torch.from_numpy(targets).to(device), histories(rows, cut),
                                               k=20, block=item_block, ties=ties)
             full.append(ranks)
     empty = np.zeros(0, dtype=np.int64)
@@ -164,37 +242,24 @@ def evaluate(model: SASRec, seqs: Sequences, negatives: np.ndarray, split: str, 
 
 # ----------------------------------------------------------------------------- the family on the engine
 class SeqRecFamily:
-    """SASRec with id / semantic / unified / joint items, as a family of ``semrec.train.engine``.
-
-    Each epoch's user order is a permutation keyed by (seed, epoch); global batch k holds users
-    ``order[k*B:(k+1)*B]`` and their training negatives are drawn for the whole global batch from
-    (seed, epoch, k), and rank r takes every world-th of its users. So every rank runs the same number
-    of steps, and the examples and negatives of a step do not depend on the number of workers.
-    Evaluation: rank r evaluates users r, r + world, ...
-    """
+    """SASRec with id / semantic / unified / joint items, as a family of ``semrec.train.engine``; rows from
+    ``rows_source`` (memory or stream), examples and negatives from ``semrec.data.seqbatch``."""
 
     metric = "NDCG@10"
 
     def __init__(self, config: dict):
         self.config, self.t = config, config["train"]
-        self.assets = load_assets(config)
-        self.seqs = self.assets.seqs
-        self.negatives = np.load(config["negatives_npy"])
-        self.max_len = config["model"]["max_len"]
-        self.inputs, self.targets = train_arrays(self.seqs, self.max_len)
-        self.sampler = NegativeSampler(self.seqs)
+        self.n_items, self.max_len = config["n_items"], config["model"]["max_len"]
+        self.assets = load_assets(config, self.n_items)
+        self.rows = rows_source(config)
 
     def build(self) -> SASRec:
         return build_model(self.config, self.assets)
 
     def batches(self, epoch: int, rank: int, world: int):
-        seed, gbs = self.t["seed"], self.t["batch_size"]
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.seqs))
-        for step, start in enumerate(range(0, len(order), gbs)):
-            users = order[start:start + gbs]
-            neg = self.sampler.sample(users, self.targets[users], np.random.default_rng([seed, epoch, step]))
-            mine = slice(rank, None, world)
-            yield self.inputs[users[mine]], self.targets[users[mine]], neg[mine]
+        seed = self.t["seed"]
+        for rows in self.rows.train_batches(epoch, rank, world, self.t["batch_size"], seed):
+            yield train_examples(rows, self.max_len, self.n_items, seed, epoch)
 
     def empty_batch(self):
         z = np.zeros((0, self.max_len), dtype=np.int64)
@@ -210,9 +275,8 @@ class SeqRecFamily:
 
     def evaluate(self, model, split: str, rank: int, world: int, final: bool) -> dict[str, float]:
         device = next(model.parameters()).device
-        return evaluate(model, self.seqs, self.negatives, split, self.max_len, self.config["ties"],
-                        final and self.config["full_ranking"], rows=np.arange(rank, len(self.seqs), world),
-                        device=device)
+        return evaluate(model, self.rows.eval_batches(rank, world, 1024), split, self.max_len, self.config["ties"],
+                        final and self.config["full_ranking"], device=device)
 
 
 def train_loop(config: dict) -> None:
