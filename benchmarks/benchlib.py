@@ -11,12 +11,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 class PeakRSS:
     """Samples the summed RSS of this process and all its descendants (Ray's raylet, workers, actors)
-    every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes."""
+    every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes, and ``peak_titled``: the peak
+    of any one process whose title (Ray sets e.g. ``ray::RayTrainWorker...``) contains ``title``."""
 
-    def __init__(self, interval: float = 0.1, children: bool = True):
-        self.interval, self.children = interval, children
+    def __init__(self, interval: float = 0.1, children: bool = True, title: str | None = None):
+        self.interval, self.children, self.title = interval, children, title
         self.peak_total = 0
         self.peak_single = 0
+        self.peak_titled = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -31,6 +33,12 @@ class PeakRSS:
                     continue
                 total += rss
                 self.peak_single = max(self.peak_single, rss)
+                if self.title and rss > self.peak_titled:
+                    try:
+                        if self.title in " ".join(p.cmdline()[:1]):
+                            self.peak_titled = rss
+                    except psutil.Error:
+                        pass
             self.peak_total = max(self.peak_total, total)
             time.sleep(self.interval)
 

@@ -109,3 +109,21 @@ def test_official_negatives_file_is_checked(tmp_path, line, error):
     (tmp_path / "bad.txt").write_text("1 7 8 9\n" + line)
     with pytest.raises(InputError, match=error):
         s3rec_negatives(tmp_path / "bad.txt", seqs)
+
+
+def test_shuffled_batches_cover_every_user_once_in_bounded_windows():
+    from semrec.data.seqbatch import shuffled_batches
+
+    s = _seqs([[1, 2, 3, 4][: 3 + i % 2] for i in range(1000)], 20)
+    blocks = [s.batch(np.arange(i, min(i + 64, 1000))) for i in range(0, 1000, 64)]
+    batches = list(shuffled_batches(iter(blocks), 48, 200, np.random.default_rng(1)))
+    users = np.concatenate([b.user_ids for b in batches])
+    assert sorted(users.tolist()) == s.user_ids.tolist()  # every user once
+    assert all(len(b) == 48 for b in batches[:-1]) and 0 < len(batches[-1]) <= 48
+    assert users[:48].max() <= 264  # the first window holds the first ~200 (+ one block) users only
+    assert not (users == s.user_ids).all()  # shuffled
+    again = np.concatenate([b.user_ids for b in shuffled_batches(iter(blocks), 48, 200, np.random.default_rng(1))])
+    np.testing.assert_array_equal(users, again)  # deterministic in the rng
+    for b in batches[:3]:  # rows keep their own items
+        for u, a, z in zip(b.user_ids, b.offsets[:-1], b.offsets[1:]):
+            assert b.flat[a:z].tolist() == s.items[u - 1].tolist()

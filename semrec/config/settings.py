@@ -249,6 +249,8 @@ class EvalSettings(Section):
     negatives_seed: int = Field(12345, description="seed of the frozen negatives (independent of training)")
     ties: Literal["pessimistic", "optimistic"] = Field("pessimistic", description="tie-breaking of equal scores")
     full_ranking: bool = Field(True, description="also report full-ranking HIT/NDCG@10/20")
+    valid_fraction: float = Field(1.0, gt=0, le=1, description="share of users validated (early stopping, best "
+                                                               "epoch): a fixed hash sample; test covers everyone")
 
 
 class TrainSeqRecSettings(JobSettings):

@@ -85,7 +85,10 @@ class RowBatch:
     def seen(self, rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
         """Whether ``items[i, j]`` is in the sequence of row ``rows[i]`` (vectorised over the batch)."""
         base = np.int64(n_items + 1)
-        keys = np.unique(np.repeat(np.arange(len(self), dtype=np.int64), self.lengths) * base + self.flat)
+        if getattr(self, "_keys", (None,))[0] != n_items:  # sorted (row, item) keys, built once per batch
+            self._keys = (n_items, np.unique(np.repeat(np.arange(len(self), dtype=np.int64), self.lengths) * base
+                                             + self.flat))
+        keys = self._keys[1]
         k = rows[:, None].astype(np.int64) * base + items
         pos = np.minimum(np.searchsorted(keys, k), max(len(keys) - 1, 0))
         return keys[pos] == k if len(keys) else np.zeros(k.shape, dtype=bool)
@@ -178,6 +181,36 @@ def eval_negatives(batch: RowBatch, k: int, n_items: int, seed: int) -> np.ndarr
 def histories(batch: RowBatch, cut: int) -> list[np.ndarray]:
     """Each user's items except the last ``cut`` (what full ranking excludes)."""
     return [batch.flat[a:b - cut] for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
+
+
+def shuffled_batches(blocks, batch_size: int, buffer: int, rng: np.random.Generator):
+    """Batches of ``batch_size`` rows from a stream of RowBatch ``blocks``, shuffled within windows of about
+    ``buffer`` rows (held at most: buffer + one block); the last batch may be smaller."""
+    pending, held = [], 0
+    for rows in blocks:
+        pending.append(rows)
+        held += len(rows)
+        if held >= buffer:
+            rows = RowBatch.concat(pending)
+            perm = rng.permutation(len(rows))
+            cut = len(rows) // batch_size * batch_size
+            for i in range(0, cut, batch_size):
+                yield rows.take(perm[i:i + batch_size])
+            pending = [rows.take(perm[cut:])]
+            held = len(pending[0])
+    if held:
+        rows = RowBatch.concat(pending)
+        perm = rng.permutation(len(rows))
+        for i in range(0, len(rows), batch_size):
+            yield rows.take(perm[i:i + batch_size])
+
+
+def sample_rows(user_ids: np.ndarray, fraction: float, salt: int = 3) -> np.ndarray:
+    """Rows of a fixed hash sample of about ``fraction`` of the users (the same users in every batch and run)."""
+    if fraction >= 1:
+        return np.arange(len(user_ids))
+    h = hash_rows(np.stack([np.full(len(user_ids), salt, np.int64), user_ids.astype(np.int64)], axis=1))
+    return np.flatnonzero(h < np.uint64(fraction * 2.0**64))
 
 
 def rank_rows(user_ids: np.ndarray, rank: int, world: int) -> np.ndarray:

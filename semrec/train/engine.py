@@ -179,7 +179,8 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
             total += float(loss_sum.detach())
             examples += count
             steps += 1
-        train_loss, examples_all = (x for x in coll.sum([total, float(examples)]))
+        train_loss, examples_all, pass_s = coll.sum([total, float(examples), time.perf_counter() - t0])
+        pass_s /= world  # the training pass's seconds, averaged over ranks
         metrics = {f"valid_{k}": v for k, v in
                    reduce_metrics(coll, family.evaluate(_unwrap(model), "valid", rank, world, False)).items()}
         score = metrics[f"valid_{family.metric}"]
@@ -189,11 +190,15 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
             bad += 1
         secs = time.perf_counter() - t0
         metrics.update({"train_loss": train_loss / max(examples_all, 1.0), "epoch_s": round(secs, 2),
-                        "examples_per_s": round(examples_all / secs, 1), "steps": steps})
+                        "train_pass_s": round(pass_s, 2), "examples": int(examples_all),
+                        "examples_per_s": round(examples_all / secs, 1),
+                        "train_examples_per_s_per_worker": round(examples_all / world / max(pass_s, 1e-9), 1),
+                        "steps": steps})
         if rank == 0:
-            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s, %.0f examples/s "
-                     "(%d workers)", epoch + 1, train["epochs"], metrics["train_loss"], family.metric, score, best,
-                     best_epoch + 1, secs, examples_all / secs, world)
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s (training pass %.1f s, "
+                     "%.0f examples/s per worker, %d workers)", epoch + 1, train["epochs"], metrics["train_loss"],
+                     family.metric, score, best, best_epoch + 1, secs, pass_s,
+                     metrics["train_examples_per_s_per_worker"], world)
         stop = bad >= train["patience"] or epoch == train["epochs"] - 1
         if stop:
             metrics.update(final_metrics(family, model, best_state, rank, world, coll))

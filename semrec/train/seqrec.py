@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 
 from semrec.data.io import parquet_files, read_table
-from semrec.data.seqbatch import (RowBatch, eval_examples, eval_negatives, histories, rank_rows,
-                                  train_examples)
+from semrec.data.seqbatch import (RowBatch, eval_examples, eval_negatives, histories, rank_rows, sample_rows,
+                                  shuffled_batches, train_examples)
 from semrec.data.sequences import load_sequences
 from semrec.errors import InputError
 from semrec.eval.metrics import metric_sums, ranks_sampled, stream_full_ranking
@@ -156,8 +156,9 @@ class MemoryRows:
         for start in range(0, len(order), batch_size):
             yield self.seqs.batch(order[start:start + batch_size][rank::world])
 
-    def eval_batches(self, rank: int, world: int, size: int):
+    def eval_batches(self, rank: int, world: int, size: int, fraction: float = 1.0):
         rows = np.arange(rank, len(self.seqs), world)
+        rows = rows[sample_rows(self.seqs.user_ids[rows], fraction)]
         for i in range(0, len(rows), size):
             yield self.seqs.batch(rows[i:i + size]), self.negatives[rows[i:i + size]]
 
@@ -179,29 +180,12 @@ class StreamRows:
             yield rows.take(rank_rows(rows.user_ids, rank, world))
 
     def train_batches(self, epoch: int, rank: int, world: int, batch_size: int, seed: int):
-        local = -(-batch_size // world)
-        rng = np.random.default_rng([seed, epoch, rank])
-        pending, held = [], 0
+        yield from shuffled_batches(self._rows(rank, world, 4096), -(-batch_size // world), self.buffer,
+                                    np.random.default_rng([seed, epoch, rank]))
 
-        def drain(final: bool):
-            rows = RowBatch.concat(pending)
-            perm = rng.permutation(len(rows))
-            cut = len(rows) if final else len(rows) // local * local
-            batches = [rows.take(perm[i:i + local]) for i in range(0, cut, local)]
-            return batches, rows.take(perm[cut:])
-
-        for rows in self._rows(rank, world, 4096):
-            pending.append(rows)
-            held += len(rows)
-            if held >= self.buffer:
-                batches, rest = drain(False)
-                yield from batches
-                pending, held = [rest], len(rest)
-        if held:
-            yield from drain(True)[0]
-
-    def eval_batches(self, rank: int, world: int, size: int):
+    def eval_batches(self, rank: int, world: int, size: int, fraction: float = 1.0):
         for rows in self._rows(rank, world, size):
+            rows = rows.take(sample_rows(rows.user_ids, fraction))
             if len(rows):
                 yield rows, eval_negatives(rows, self.k, self.n_items, self.neg_seed)
 
@@ -275,7 +259,8 @@ class SeqRecFamily:
 
     def evaluate(self, model, split: str, rank: int, world: int, final: bool) -> dict[str, float]:
         device = next(model.parameters()).device
-        return evaluate(model, self.rows.eval_batches(rank, world, 1024), split, self.max_len, self.config["ties"],
+        fraction = self.config["eval"]["valid_fraction"] if split == "valid" else 1.0
+        return evaluate(model, self.rows.eval_batches(rank, world, 1024, fraction), split, self.max_len, self.config["ties"],
                         final and self.config["full_ranking"], device=device)
 
 

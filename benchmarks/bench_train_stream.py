@@ -1,0 +1,109 @@
+"""SASRec training from streamed Ray Data shards (``--train.source stream``) on synthetic tables, and the
+streamed source against the in-memory one at Beauty size, side by side in one run.
+
+- scale: 1M and 10M users (mean length 20, 1M items), one epoch on 1 worker: the training pass's
+  examples/s per worker and the peak RSS of the Ray Train worker process (the table is never held:
+  RSS should stay flat when the users grow 10x). Validation runs on a fixed 1% hash sample of the users
+  (``--eval.valid_fraction``), the final test on every user (sampled metrics; full ranking off).
+- Beauty size (22,363 users, 12,101 items, mean length ~9, the paper's SASRec shapes): memory and
+  stream sources alternate, 4 epochs each, twice; examples/s of the training pass per worker, median
+  over epochs 2-4 (epoch 1 warms up).
+
+`pytest benchmarks/bench_train_stream.py -s` (about an hour on 2 cores); tables land in
+benchmarks/results/train_stream.md.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from benchlib import PeakRSS, write_result
+
+from semrec.data.synthetic import write_sequences
+from semrec.pipelines.train_seqrec import main, run_state
+
+pytestmark = pytest.mark.slow
+TINY = ["--model.hidden", "16", "--model.layers", "1", "--model.heads", "1", "--model.max_len", "20",
+        "--train.batch_size", "4096", "--train.epochs", "1", "--no-eval.full_ranking", "--eval.valid_fraction", "0.01"]
+BEAUTY = ["--model.hidden", "64", "--model.layers", "2", "--model.heads", "2", "--model.max_len", "50",
+          "--train.batch_size", "256", "--train.epochs", "4", "--no-eval.full_ranking"]
+SCALE: dict[str, dict] = {}
+MB = 2**20
+
+
+def _train(data: Path, work: Path, name: str, extra: list[str]) -> dict:
+    out = work / name
+    args = ["--sequences", str(data), "--output", str(out), "--run_dir", str(work / "runs"), "--run_name", name,
+            "--eval.negatives_dir", str(work / "negatives"), "--dataset", "synthetic", "--overwrite", *extra]
+    with PeakRSS(interval=0.5, title="RayTrainWorker") as rss:
+        assert main(args) == 0
+    metas = sorted((json.loads(p.read_text()) for p in (work / "runs" / name).glob("**/checkpoint.json")),
+                   key=lambda m: m["epoch"])
+    report = json.loads((out / "metrics.json").read_text())
+    return {"report": report, "epochs": metas, "worker_peak_rss_mb": round(rss.peak_titled / MB),
+            "all_processes_peak_rss_mb": round(rss.peak_total / MB), "newest": run_state(work / "runs" / name)}
+
+
+@pytest.mark.parametrize("users", [1_000_000, 10_000_000], ids=["1M", "10M"])
+def test_streamed_epoch_at_scale(benchmark, ray_local, tmp_path_factory, users):
+    data = tmp_path_factory.mktemp(f"seq{users}")
+    write_sequences(data, users, 1_000_000, seed=0, rows_per_shard=500_000, mean_length=20)
+    work = tmp_path_factory.mktemp(f"run{users}")
+    run = benchmark.pedantic(_train, args=(data, work, f"scale{users}", [*TINY, "--train.source", "stream",
+                                                                     "--n_items", "1000000"]),
+                             rounds=1, iterations=1)
+    epoch = run["epochs"][-1]
+    m = {"users": users, "examples": epoch["examples"], "train_pass_s": epoch["train_pass_s"],
+         "train_examples_per_s_per_worker": epoch["train_examples_per_s_per_worker"],
+         "worker_peak_rss_mb": run["worker_peak_rss_mb"], "all_processes_peak_rss_mb": run["all_processes_peak_rss_mb"],
+         "wall_s": run["report"]["wall_s"], "test_HIT@10": round(run["report"]["metrics"]["test_HIT@10"], 4)}
+    benchmark.extra_info.update(m)
+    SCALE[users] = m
+    if len(SCALE) == 2:
+        small, big = SCALE[1_000_000], SCALE[10_000_000]
+        md = ["SASRec (hidden 16, 1 layer, max_len 20, batch 4096), one epoch streamed from Ray Data on 1 worker "
+              "(1 CPU; Ray Data reads on the other), 1M items, mean sequence length 20.", "",
+              "| users | training examples | training pass s | examples/s per worker | peak RSS, worker (MB) | "
+              "peak RSS, all Ray processes (MB) | job wall s | test HIT@10 |", "|---|---|---|---|---|---|---|---|"]
+        for r in (small, big):
+            md.append(f"| {r['users']:,} | {r['examples']:,} | {r['train_pass_s']} | "
+                      f"{r['train_examples_per_s_per_worker']:,.0f} | {r['worker_peak_rss_mb']:,} | "
+                      f"{r['all_processes_peak_rss_mb']:,} | {r['wall_s']} | {r['test_HIT@10']} |")
+        md.append(f"\nWorker peak RSS 10M / 1M users: {big['worker_peak_rss_mb'] / small['worker_peak_rss_mb']:.2f}x "
+                  f"(users 10x); examples/s per worker 10M / 1M: "
+                  f"{big['train_examples_per_s_per_worker'] / small['train_examples_per_s_per_worker']:.2f}x.")
+        write_result("train_stream_scale", "\n".join(md))
+        assert big["worker_peak_rss_mb"] <= 1.3 * small["worker_peak_rss_mb"]
+
+
+def test_stream_vs_memory_at_beauty_size(benchmark, ray_local, tmp_path_factory):
+    data = tmp_path_factory.mktemp("beauty_sized")
+    write_sequences(data, 22_363, 12_101, seed=1, rows_per_shard=22_363, mean_length=9)
+    work = tmp_path_factory.mktemp("beauty_runs")
+
+    def both() -> dict:
+        out = {"memory": [], "stream": []}
+        for rnd in range(2):
+            for source in ("memory", "stream"):
+                run = _train(data, work, f"{source}{rnd}", [*BEAUTY, "--train.source", source, "--n_items", "12101"])
+                out[source] += [e["train_examples_per_s_per_worker"] for e in run["epochs"][1:]]
+                out[f"{source}_worker_rss_mb"] = max(out.get(f"{source}_worker_rss_mb", 0), run["worker_peak_rss_mb"])
+        return out
+
+    r = benchmark.pedantic(both, rounds=1, iterations=1)
+    mem, stream = statistics.median(r["memory"]), statistics.median(r["stream"])
+    ratio = stream / mem
+    benchmark.extra_info.update({"memory_examples_per_s": mem, "stream_examples_per_s": stream, "ratio": ratio,
+                                 "memory_worker_rss_mb": r["memory_worker_rss_mb"],
+                                 "stream_worker_rss_mb": r["stream_worker_rss_mb"]})
+    write_result("train_stream_beauty_size", "\n".join([
+        "SASRec at Beauty size (synthetic: 22,363 users, 12,101 items, mean length 9; hidden 64, 2 layers, batch 256), "
+        "1 worker: examples/s of the training pass per worker, median of epochs 2-4 of two runs per source, "
+        "alternating memory / stream in one session.", "",
+        "| source | examples/s per worker | per-epoch values | peak RSS, worker (MB) |", "|---|---|---|---|",
+        f"| memory | {mem:,.0f} | {', '.join(f'{x:,.0f}' for x in r['memory'])} | {r['memory_worker_rss_mb']:,} |",
+        f"| stream (Ray Data) | {stream:,.0f} | {', '.join(f'{x:,.0f}' for x in r['stream'])} | "
+        f"{r['stream_worker_rss_mb']:,} |", "",
+        f"stream / memory: {ratio:.2f}x (target >= 0.8x)."]))
+    assert ratio >= 0.8
