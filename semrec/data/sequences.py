@@ -22,7 +22,6 @@ from semrec.errors import InputError
 from semrec.schemas import decode_metadata, encode_metadata
 
 
-
 @dataclass
 class Sequences:
     """A user_sequences table in memory (small data): users sorted by id, with their item ids."""
@@ -70,14 +69,13 @@ def scan_sequences(files: list[Path], n_items: int | None) -> tuple[int, int]:
     """(users, n_items) of a ``user_sequences`` table too large for one process, checked as
     ``load_sequences`` checks it (sequences of >= 3 items, ids in 1..n_items), by Ray Data tasks, in
     bounded memory; the first bad row is an InputError naming its file and user."""
+    import ray
     import ray.data
 
     ds = ray.data.read_parquet([str(f) for f in files], include_paths=True).select_columns(
         ["user_id", "item_ids", "path"])
     stats = ds.map_batches(_scan_block, fn_kwargs={"n_items": n_items}, batch_size=None,
                            batch_format="pyarrow").to_arrow_refs()
-    import ray
-
     tables = [t for t in ray.get(stats) if t.num_rows]
     errors = [e for t in tables for e in t.column("error").to_pylist() if e]
     if errors:

@@ -197,9 +197,9 @@ def results_table(reports: list[dict]) -> str:
         vals = [r["metrics"].get(f"test_{c}") for c in COLUMNS]
         cells = " | ".join("-" if v is None else f"{v:.4f}" for v in vals)
         size = r["token_size"]
+        trained = size.get("item_params_trainable")  # not recorded by runs before stop 7
         lines.append(f"| {r['dataset']} | {r['mode']} | {cells} | {size['total']:,} / "
-                     f"{size.get('item_params_trainable', size['total']):,} | {r['best_epoch']} | "
-                     f"{r['wall_s']} |")
+                     f"{'-' if trained is None else format(trained, ',')} | {r['best_epoch']} | {r['wall_s']} |")
     return "\n".join(lines) + "\n"
 
 

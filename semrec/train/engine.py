@@ -16,8 +16,8 @@ and sharded evaluation as metric sums; the engine owns everything else:
 - a checkpoint per epoch from rank 0 (model, optimizer, RNG states, epoch, best metric, best model,
   patience counter, training clock), automatic resume from the latest one, early stopping, and a
   run whose epoch cap is already reached evaluating its best checkpoint instead of training;
-- one log line per epoch (loss, validation metric, seconds, examples/s), and a progress bar on the
-  driver (``driver_progress``).
+- one log line per epoch (loss, validation metric, seconds, examples/s per worker of the training
+  pass), and a progress bar on the driver (``driver_progress``).
 """
 
 from __future__ import annotations
