@@ -92,6 +92,16 @@ INTERACTIONS = TableSpec(
 )
 
 
+CTR_SAMPLES = TableSpec(
+    name="ctr_samples",
+    doc="One row per impression: a click label and one categorical feature id per field, over one global "
+        "feature vocabulary (Parquet metadata semrec.n_features, semrec.fields).",
+    required=(pa.field("label", pa.int8(), nullable=False), pa.field("features", pa.list_(pa.int64()))),
+    field_docs={"label": "1 clicked / 0 not clicked", "features": "global feature ids, one per field in field "
+                                                                  "order (the same number in every row)"},
+)
+
+
 def embeddings_spec(dim: int, dtype: pa.DataType | None = None) -> TableSpec:
     emb_type = pa.list_(dtype or pa.float32(), dim)
     return TableSpec(
@@ -188,7 +198,8 @@ def check_embedding_schema(schema: pa.Schema, where: str) -> int:
     return t.list_size
 
 
-ALL_SPECS = {s.name: s for s in (ITEMS, embeddings_spec(384), token_table_spec(), USER_SEQUENCES, INTERACTIONS)}
+ALL_SPECS = {s.name: s for s in (ITEMS, embeddings_spec(384), token_table_spec(), USER_SEQUENCES, INTERACTIONS,
+                                  CTR_SAMPLES)}
 
 
 def dump_json(out_dir: Path) -> list[Path]:

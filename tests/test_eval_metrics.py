@@ -82,3 +82,18 @@ def test_non_finite_scores_raise_a_clear_error():
         stream_full_ranking(users, lambda ids: items[ids], 3, torch.tensor([1, 3]), [np.array([]), np.array([])])
     with pytest.raises(NonFiniteScores, match="evaluation row 1"):
         ranks_sampled(np.array([[0.5, 0.1], [np.nan, 0.2]]))
+
+
+def test_histogram_auc_matches_the_exact_auc_and_sums_over_shards():
+    from semrec.eval.metrics import auc_from_histograms, roc_auc, score_histograms
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 30_000)
+    p = 1 / (1 + np.exp(-(3 * y - 1.5 + rng.normal(size=y.size) * 1.2)))  # confident, like a good CTR model
+    exact = roc_auc(y, p)
+    assert 0.85 < exact < 0.99
+    parts = [score_histograms(y[i::3], p[i::3]) for i in range(3)]  # three shards, summed
+    pos, neg = sum(a for a, _ in parts), sum(b for _, b in parts)
+    assert abs(auc_from_histograms(pos, neg) - exact) < 1e-4
+    assert roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.5, 0.5]) == 0.875  # the tie counts one half
+    assert roc_auc([1, 0], [0.2, 0.8]) == 0.0

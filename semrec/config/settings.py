@@ -183,7 +183,7 @@ class TokenizeItemsSettings(JobSettings):
 class PrepareDataSettings(JobSettings):
     """Convert a public dataset format (or a synthetic generator) to semrec's Parquet tables."""
 
-    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "synthetic"] = Field(
+    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "libfm", "synthetic"] = Field(
         ..., description="input format")
     input: list[Path] = Field([], description="input file(s)/folder (see README: Data adapters)")
     output: Path = Field(..., description="output folder: one sub-folder per table")
@@ -234,6 +234,9 @@ class TrainSettings(Section):
     threads: int | None = Field(None, ge=1, description="torch threads per worker (default: ceil(cpus_per_worker))")
     seed: int = Field(42, description="seed of init, shuffling, negatives and dropout")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
+
+
+class SeqRecTrainSettings(TrainSettings):
     source: Literal["auto", "memory", "stream"] = Field(
         "auto", description="where workers get rows: memory (every worker holds the table; frozen evaluation "
                             "negatives), stream (Ray Data shards of the table, bounded memory; evaluation negatives "
@@ -270,7 +273,7 @@ class TrainSeqRecSettings(JobSettings):
                                                    "a rerun with the same name resumes from its latest checkpoint")
     resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
     model: SeqRecModelSettings = SeqRecModelSettings()
-    train: TrainSettings = TrainSettings()
+    train: SeqRecTrainSettings = SeqRecTrainSettings()
     eval: EvalSettings = EvalSettings()
     ray: RaySettings = RaySettings()
 
@@ -287,3 +290,70 @@ class TrainSeqRecSettings(JobSettings):
         if self.model.mode != "id" and self.tokens is None:
             raise ValueError(f"model.mode={self.model.mode} needs --tokens (a tokenize_items output folder)")
         return self
+
+
+class CTRModelSettings(Section):
+    name: Literal["lr", "dcn", "deepfm", "finalmlp"] = Field("dcn", description="CTR model")
+    embedding_dim: int = Field(10, ge=1, description="feature embedding width")
+    hidden: list[int] = Field([400, 400, 400], description="DNN widths (DCN, DeepFM; FinalMLP's first stream)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="DNN dropout (FinalMLP: first stream)")
+    batch_norm: bool = Field(True, description="batch norm in the DNNs")
+    cross_layers: int = Field(3, ge=1, description="DCN cross layers")
+    hidden2: list[int] = Field([800], description="FinalMLP's second stream widths")
+    dropout2: float = Field(0.2, ge=0, lt=1, description="FinalMLP's second stream dropout")
+    gate_hidden: list[int] = Field([800], description="FinalMLP's feature-gate MLP widths")
+    fusion_heads: int = Field(1, ge=1, description="FinalMLP's bilinear fusion heads")
+    embedding_l2: float | None = Field(None, ge=0, description="L2 penalty (coefficient / 2 x squared norm) on the "
+                                                               "whole feature-embedding tables each step, as "
+                                                               "FuxiCTR's embedding_regularizer (default: 0.05; "
+                                                               "0 for lr, whose weights it would pin near zero)")
+
+    @model_validator(mode="after")
+    def _l2_default(self):
+        if self.embedding_l2 is None:
+            self.embedding_l2 = 0.0 if self.name == "lr" else 0.05
+        return self
+
+    def spec(self, n_features: int, n_fields: int) -> dict:
+        """The keyword arguments of ``semrec.models.ctr.models.build_ctr`` for this model."""
+        spec = {"model": self.name, "n_features": n_features, "n_fields": n_fields}
+        if self.name == "lr":
+            return spec
+        spec["embedding_dim"] = self.embedding_dim
+        if self.name == "finalmlp":
+            return {**spec, "mlp1": self.hidden, "mlp2": self.hidden2, "dropout1": self.dropout,
+                    "dropout2": self.dropout2, "gate_hidden": self.gate_hidden, "fusion_heads": self.fusion_heads,
+                    "batch_norm": self.batch_norm}
+        spec.update({"hidden": self.hidden, "dropout": self.dropout, "batch_norm": self.batch_norm})
+        if self.name == "dcn":
+            spec["cross_layers"] = self.cross_layers
+        return spec
+
+
+class CTRTrainSettings(TrainSettings):
+    epochs: int = Field(100, ge=1, description="max epochs (early stopping usually ends sooner)")
+    batch_size: int = Field(4096, ge=1, description="global batch size (split across workers)")
+    patience: int = Field(2, ge=1, description="epochs without a better validation AUC before stopping")
+
+
+class TrainCTRSettings(JobSettings):
+    """Train a CTR model (LR, DCN, DeepFM, FinalMLP) on ctr_samples with the shared Ray Train engine;
+    early stopping on validation AUC; publish test AUC / logloss and the model."""
+
+    train_data: Path = Field(..., description="ctr_samples Parquet to train on (prepare_data.py --format libfm)")
+    test_data: Path = Field(..., description="ctr_samples Parquet to test on")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of train_data rows held out for early "
+                                                                "stopping (a fixed hash split)")
+    n_features: int | None = Field(None, ge=1, description="feature vocabulary (default: from the files)")
+    output: Path = Field(Path("out/ctr"), description="output folder (replaced atomically on success)")
+    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
+    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings)")
+    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
+    model: CTRModelSettings = CTRModelSettings()
+    train: CTRTrainSettings = CTRTrainSettings()
+    ray: RaySettings = RaySettings()
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        return TrainSeqRecSettings._safe_name(v)

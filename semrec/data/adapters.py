@@ -248,6 +248,44 @@ def taobao_userbehavior(csv_path: str | Path) -> dict[str, pa.Table]:
     return {"interactions": inter, "user_sequences": sequences_table(seqs, ts)}
 
 
+FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
+
+
+def libfm_ctr(path: Path, fields: list[str] | None = None) -> dict[str, pa.Table]:
+    """libFM one-hot rows ``label f:1 f:1 ...`` (label 1 click, -1 or 0 non-click) with the same number of
+    active features per row, one per field, in field order (Frappe: 10 fields, ids 0..5381) ->
+    ``ctr_samples``. The vocabulary size is max id + 1 of this file (give the same ``--n_features`` to
+    train and test files through the training job)."""
+    from semrec.schemas import CTR_SAMPLES, encode_metadata
+
+    labels, feats, width = [], [], None
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                y = int(float(parts[0]))
+                ids = sorted(int(p.split(":")[0]) for p in parts[1:])
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: expected 'label id:value ...'") from None
+            if y not in (1, -1, 0):
+                raise InputError(f"{path}:{lineno}: label {parts[0]} is not 1, 0 or -1")
+            width = width if width is not None else len(ids)
+            if len(ids) != width or not ids:
+                raise InputError(f"{path}:{lineno}: {len(ids)} features, the rows before have {width}")
+            labels.append(1 if y == 1 else 0)
+            feats.append(ids)
+    if not labels:
+        raise InputError(f"{path}: no rows")
+    names = fields if fields and len(fields) == width else [f"f{i}" for i in range(width)]
+    table = pa.table({"label": pa.array(labels, pa.int8()), "features": pa.array(feats, pa.list_(pa.int64()))},
+                     schema=CTR_SAMPLES.schema())
+    n = max(max(f) for f in feats) + 1
+    return {"ctr_samples": table.replace_schema_metadata(encode_metadata({"table": "ctr_samples", "n_features": n,
+                                                                         "fields": names}))}
+
+
 FORMATS = {
     "s3rec": "S3-Rec <name>.txt sequences (--input file)",
     "beauty-items": "Amazon Beauty titles (--input the amazon_beauty folder)",
@@ -255,6 +293,7 @@ FORMATS = {
     "movielens": "MovieLens-100k folder with u.item and u.data",
     "mind": "MIND news.tsv and/or behaviors.tsv (--input one or both files)",
     "taobao": "Taobao UserBehavior.csv",
+    "libfm": "libFM one-hot CTR rows, one feature per field (Frappe's frappe.*.libfm)",
 }
 
 
@@ -274,6 +313,8 @@ def convert(fmt: str, inputs: list[Path]) -> dict[str, pa.Table]:
         return movielens_100k(inputs[0])
     if fmt == "taobao":
         return taobao_userbehavior(inputs[0])
+    if fmt == "libfm":
+        return libfm_ctr(inputs[0], FRAPPE_FIELDS if "frappe" in inputs[0].name else None)
     by_suffix = {p.name: p for p in inputs}
     if fmt == "letter":
         return letter_dataset(next((p for n, p in by_suffix.items() if n.endswith(".inter.json")), None),

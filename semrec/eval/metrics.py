@@ -112,3 +112,35 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks
     out.update({f"{prefix}NDCG@{k}": float(np.mean((r < k) / np.log2(r + 2))) for k in ndcg_ks})
     out[f"{prefix}MRR"] = float(np.mean(1.0 / (r + 1)))
     return out
+
+
+# ----------------------------------------------------------------------------- CTR: AUC that shards reduce
+AUC_BINS = 1 << 18
+
+
+def score_histograms(labels: np.ndarray, probs: np.ndarray, bins: int = AUC_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positives and negatives per probability bin: sums over shards reduce exactly, and
+    ``auc_from_histograms`` gives the AUC of the union (pairs within one bin count one half)."""
+    b = np.clip((np.asarray(probs, dtype=np.float64) * bins).astype(np.int64), 0, bins - 1)
+    labels = np.asarray(labels) > 0.5
+    return (np.bincount(b[labels], minlength=bins).astype(np.float64),
+            np.bincount(b[~labels], minlength=bins).astype(np.float64))
+
+
+def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    p, n = pos.sum(), neg.sum()
+    if p == 0 or n == 0:
+        return float("nan")
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    return float((pos * (below + 0.5 * neg)).sum() / (p * n))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact AUC (Mann-Whitney U with tied scores counting one half): the reference for the histogram one."""
+    labels = np.asarray(labels) > 0.5
+    scores = np.asarray(scores, dtype=np.float64)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct score's first occurrence
+    ranks = first[inverse] + (counts[inverse] + 1) / 2.0  # average 1-based rank
+    p, n = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - p * (p + 1) / 2) / (p * n))

@@ -4,7 +4,6 @@ negative per position. The item representation is a pluggable module (see item_r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +120,6 @@ class SASRec(nn.Module):
 
 
 # ----------------------------------------------------------------------------- artefacts
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def build_sasrec(spec: dict, codes: torch.Tensor | None = None, text: torch.Tensor | None = None,
@@ -162,30 +160,13 @@ def build_sasrec(spec: dict, codes: torch.Tensor | None = None, text: torch.Tens
 def save_pretrained(model: SASRec, directory: str | Path, state: dict | None = None) -> Path:
     """``config.json`` (architecture, n_items, dimensions, item mode; no data paths) + ``model.safetensors``
     (weights and per-item buffers such as token codes, stored once)."""
-    from safetensors.torch import save_file
+    from semrec.models import artefact
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = state if state is not None else model.state_dict()
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(d / WEIGHTS_FILE))
-    (d / CONFIG_FILE).write_text(json.dumps({"architecture": "SASRec", "format_version": 1, **model.config},
-                                            indent=2, sort_keys=True) + "\n")
-    return d
+    return artefact.save_pretrained(model, directory, "SASRec", state)
 
 
 def from_pretrained(directory: str | Path, device: str = "cpu") -> SASRec:
     """Load a model saved by ``train_seqrec`` (or ``save_pretrained``), in eval mode; no pickle involved."""
-    from safetensors.torch import load_file
+    from semrec.models import artefact
 
-    from semrec.errors import InputError
-
-    d = Path(directory)
-    try:
-        spec = json.loads((d / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{d / CONFIG_FILE}: cannot read model config ({e})") from None
-    if spec.get("architecture") != "SASRec":
-        raise InputError(f"{d / CONFIG_FILE}: not a SASRec model (architecture {spec.get('architecture')!r})")
-    model = build_sasrec({k: v for k, v in spec.items() if k not in ("architecture", "format_version")})
-    model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
-    return model.to(device).eval()
+    return artefact.from_pretrained(directory, "SASRec", build_sasrec, device)

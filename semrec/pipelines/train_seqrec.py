@@ -12,11 +12,9 @@ resumes from the latest one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -33,18 +31,11 @@ log = logging.getLogger("semrec.train_seqrec")
 
 
 def run_name(s: TrainSeqRecSettings) -> str:
-    if s.run_name:
-        return s.run_name
-    key = json.dumps({"sequences": str(Path(s.sequences).absolute()), "tokens": str(s.tokens),
-                      "model": s.model.model_dump(mode="json"), "train": s.train.model_dump(mode="json")},
-                     sort_keys=True)
-    return f"seqrec-{s.model.mode}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    from semrec.train.launch import default_run_name
 
-
-def run_state(run_dir: Path) -> dict | None:
-    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None."""
-    metas = [json.loads(p.read_text()) for p in Path(run_dir).glob("**/checkpoint.json")]
-    return max(metas, key=lambda m: m.get("epoch", -1)) if metas else None
+    return s.run_name or default_run_name(f"seqrec-{s.model.mode}", {
+        "sequences": str(Path(s.sequences).absolute()), "tokens": str(s.tokens),
+        "model": s.model.model_dump(mode="json"), "train": s.train.model_dump(mode="json")})
 
 
 def token_sizes(model) -> dict:
@@ -75,12 +66,9 @@ def run(s: TrainSeqRecSettings) -> dict:
 
 def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
-    import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    from semrec.models.sasrec import save_pretrained
     from semrec.pipelines.runtime import init_ray
-    from semrec.train.engine import driver_progress
+    from semrec.train.launch import best_state, check_cpus, launch
     from semrec.train.seqrec import build_model, load_assets, train_loop
 
     t0 = time.perf_counter()
@@ -109,12 +97,8 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
         raise ConfigError("--eval.negatives_file needs --train.source memory (the streamed source hashes its "
                           "evaluation negatives from (seed, user))")
     init_ray(s.ray)
-    total_cpus = ray.cluster_resources().get("CPU", 0)
     reads = 0.5 if source == "stream" else 0.0  # Ray Data read tasks next to the workers (2-core deadlock trap)
-    if s.train.num_workers * s.train.cpus_per_worker + reads > total_cpus:
-        raise ConfigError(f"train.num_workers x train.cpus_per_worker = {s.train.num_workers * s.train.cpus_per_worker:g} "
-                          f"CPUs{' + 0.5 for the streamed reads' if reads else ''} but the cluster has "
-                          f"{total_cpus:g}: lower train.cpus_per_worker (e.g. 0.5)")
+    check_cpus(s.train, reads, " + 0.5 for the streamed reads" if reads else "")
     if source == "stream":
         users, n_items = scan_sequences(files, s.n_items)
         neg_source = f"hashed from (seed {s.eval.negatives_seed}, user), {s.eval.negatives} per user"
@@ -123,7 +107,6 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     model = build_model(cfg, assets)  # model-level errors (dims, quantizer kind, distances) before training
     del assets
     name = run_name(s)
-    storage = Path(s.run_dir).absolute()
     neg_path = stage / "_negatives.npy"
     datasets, data_config = {}, None
     if source == "memory":
@@ -140,25 +123,8 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
         options.preserve_order = True
         data_config = DataConfig(datasets_to_split=[], execution_options=options)
     cfg.update({"ties": s.eval.ties, "full_ranking": s.eval.full_ranking})
-    # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
-    # previous run with this name finished, or when asked to
-    state = run_state(storage / name)
-    if state is not None and (not s.resume or state.get("done")):
-        log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
-        shutil.rmtree(storage / name)
-    elif state is not None:
-        log.info("resuming %s after epoch %d", name, state["epoch"])
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=cfg, datasets=datasets, dataset_config=data_config,
-        scaling_config=ScalingConfig(num_workers=s.train.num_workers, use_gpu=s.train.use_gpu,
-                                     resources_per_worker={"CPU": s.train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    with driver_progress(storage / name, s.train.epochs, "NDCG@10"):
-        result = trainer.fit()
-    final = result.metrics or {}
-    if not final.get("done"):
-        raise RuntimeError(f"training ended without final metrics: {final}")
+    result = launch(train_loop, cfg, s.train, s.run_dir, name, s.resume, "NDCG@10", datasets, data_config)
+    final = result.metrics
     neg_path.unlink(missing_ok=True)
     metrics = {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}
     report = {"dataset": dataset, "mode": s.model.mode, "users": users, "items": n_items, "source": source,
@@ -169,20 +135,9 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
               "token_size": token_sizes(model)}
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (stage / "results.md").write_text(results_table([report]))
-    _save_model(result.checkpoint, stage / "model", model)
+    save_pretrained(model, stage / "model", best_state(result.checkpoint))
     write_effective(s, stage / "effective_config.json")
     return report
-
-
-def _save_model(checkpoint, out: Path, model) -> None:
-    """The best epoch's weights as a loadable artefact: ``semrec.models.sasrec.from_pretrained(out)``."""
-    import torch
-
-    from semrec.models.sasrec import save_pretrained
-
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", weights_only=True)
-    save_pretrained(model, out, state["best_model"])
 
 
 COLUMNS = ["HIT@1", "HIT@5", "NDCG@5", "HIT@10", "NDCG@10", "MRR", "full_HIT@10", "full_NDCG@10", "full_HIT@20",

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,8 +61,10 @@ class Family(Protocol):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Sum of the per-example losses of ``batch`` (computed by ``model``'s forward, for DDP)."""
 
-    def evaluate(self, model: nn.Module, split: str, rank: int, world: int, final: bool) -> dict[str, float]:
-        """Metric *sums* over this rank's share of ``split``, plus ``"count"``; the engine reduces them."""
+    def evaluate(self, model: nn.Module, split: str, rank: int, world: int, final: bool) -> dict[str, Any]:
+        """Metric *sums* (floats or arrays) over this rank's share of ``split``, plus ``"count"``; the engine
+        all-reduces them, then divides by the count, or calls the family's optional
+        ``finalize(sums, count) -> metrics`` (for metrics that are not means, such as AUC)."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -91,8 +94,8 @@ class Collective:
     def __init__(self, world: int, device: torch.device):
         self.world, self.device = world, device
 
-    def sum(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+    def sum(self, values) -> list[float]:
+        t = torch.as_tensor(np.asarray(values, dtype=np.float64), device=self.device)
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t.tolist()
@@ -105,10 +108,21 @@ class Collective:
         return out
 
 
-def reduce_metrics(coll: Collective, sums: dict[str, float]) -> dict[str, float]:
+def reduce_metrics(coll: Collective, sums: dict[str, Any], finalize=None) -> dict[str, float]:
+    """All-reduce a family's evaluation sums (scalars, or arrays such as score histograms) and their
+    ``count``; then ``finalize(sums, count)`` (a family's own metrics, e.g. AUC from histograms) or, by
+    default, every scalar sum divided by the count."""
     names = sorted(k for k in sums if k != "count")
-    *totals, count = coll.sum([sums[k] for k in names] + [sums["count"]])
-    return {k: v / max(count, 1) for k, v in zip(names, totals)}
+    parts = [np.atleast_1d(np.asarray(sums[k], dtype=np.float64)).ravel() for k in names]
+    total = np.asarray(coll.sum(np.concatenate(parts + [np.array([float(sums["count"])])])))
+    reduced, i = {}, 0
+    for k, p in zip(names, parts):
+        reduced[k] = total[i:i + len(p)] if np.ndim(sums[k]) else float(total[i])
+        i += len(p)
+    count = float(total[-1])
+    if finalize is not None:
+        return finalize(reduced, count)
+    return {k: v / max(count, 1.0) for k, v in reduced.items()}
 
 
 def fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None = None) -> None:
@@ -182,7 +196,8 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
         train_loss, examples_all, pass_s = coll.sum([total, float(examples), time.perf_counter() - t0])
         pass_s /= world  # the training pass's seconds, averaged over ranks
         metrics = {f"valid_{k}": v for k, v in
-                   reduce_metrics(coll, family.evaluate(_unwrap(model), "valid", rank, world, False)).items()}
+                   reduce_metrics(coll, family.evaluate(_unwrap(model), "valid", rank, world, False),
+                                  getattr(family, "finalize", None)).items()}
         score = metrics[f"valid_{family.metric}"]
         if score > best:
             best, best_epoch, bad, best_state = score, epoch, 0, _state_dict(model)
@@ -220,9 +235,11 @@ def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int,
     """Test and validation metrics of the best epoch's weights, on a copy (the live model stays as it is)."""
     best_model = copy.deepcopy(_unwrap(model))
     best_model.load_state_dict(best_state)
-    out = {f"test_{k}": v for k, v in reduce_metrics(coll, family.evaluate(best_model, "test", rank, world, True)).items()}
+    finalize = getattr(family, "finalize", None)
+    out = {f"test_{k}": v for k, v in
+           reduce_metrics(coll, family.evaluate(best_model, "test", rank, world, True), finalize).items()}
     out.update({f"final_valid_{k}": v for k, v in
-                reduce_metrics(coll, family.evaluate(best_model, "valid", rank, world, True)).items()})
+                reduce_metrics(coll, family.evaluate(best_model, "valid", rank, world, True), finalize).items()})
     return out
 
 

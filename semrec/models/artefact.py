@@ -1,0 +1,45 @@
+"""A trained model as a folder: ``config.json`` (architecture, format version, the spec its builder takes;
+no data paths) + ``model.safetensors``. Loading never unpickles anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, architecture: str, state: dict | None = None) -> Path:
+    """Write ``model.config`` and ``state`` (default: the model's own weights, per-item buffers included)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else model.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(d / WEIGHTS_FILE))
+    (d / CONFIG_FILE).write_text(json.dumps({"architecture": architecture, "format_version": FORMAT_VERSION,
+                                             **model.config}, indent=2, sort_keys=True) + "\n")
+    return d
+
+
+def from_pretrained(directory: str | Path, architecture: str, build: Callable[[dict], nn.Module],
+                    device: str = "cpu") -> nn.Module:
+    """``build(spec)`` with the saved spec, the saved weights loaded, in eval mode."""
+    from safetensors.torch import load_file
+
+    from semrec.errors import InputError
+
+    d = Path(directory)
+    try:
+        spec = json.loads((d / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{d / CONFIG_FILE}: cannot read model config ({e})") from None
+    if spec.get("architecture") != architecture:
+        raise InputError(f"{d / CONFIG_FILE}: not a {architecture} model (architecture {spec.get('architecture')!r})")
+    model = build({k: v for k, v in spec.items() if k not in ("architecture", "format_version")})
+    model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""CTR layers and models (DCN, DeepFM, FinalMLP, LR) over categorical feature ids."""

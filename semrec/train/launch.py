@@ -1,0 +1,78 @@
+"""Driver side of the engine: start (or resume) a Ray Train run of a family's ``train_loop`` and return its
+final metrics and checkpoint. Every training job (train_seqrec, train_ctr, the families to come) calls
+``launch``; the worker side is ``semrec.train.engine.fit``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from semrec.errors import ConfigError
+
+log = logging.getLogger("semrec.train")
+
+
+def default_run_name(prefix: str, payload: dict) -> str:
+    """``<prefix>-<hash of the settings that define the run>``: the same settings resume the same run."""
+    key = json.dumps(payload, sort_keys=True, default=str)
+    return f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def run_state(run_dir: Path) -> dict | None:
+    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None."""
+    metas = [json.loads(p.read_text()) for p in Path(run_dir).glob("**/checkpoint.json")]
+    return max(metas, key=lambda m: m.get("epoch", -1)) if metas else None
+
+
+def check_cpus(train, reserve: float = 0.0, why: str = "") -> None:
+    """Refuse a worker group that cannot start (or would starve ``reserve`` CPUs of Ray Data reads)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    need = train.num_workers * train.cpus_per_worker
+    if need + reserve > total:
+        raise ConfigError(f"train.num_workers x train.cpus_per_worker = {need:g} CPUs{why} but the cluster has "
+                          f"{total:g}: lower train.cpus_per_worker (e.g. 0.5)")
+
+
+def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, name: str, resume: bool,
+           metric: str, datasets: dict[str, Any] | None = None, data_config=None):
+    """Run ``train_loop(cfg)`` on ``train.num_workers`` Ray Train workers under ``run_dir/name``; a rerun
+    with the same name resumes from its newest checkpoint (unless that run finished, or ``resume`` is off).
+    Returns the Ray Train result, whose metrics are the final (``done``) report."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from semrec.train.engine import driver_progress
+
+    storage = Path(run_dir).absolute()
+    # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
+    # previous run with this name finished, or when asked to
+    state = run_state(storage / name)
+    if state is not None and (not resume or state.get("done")):
+        log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
+        shutil.rmtree(storage / name)
+    elif state is not None:
+        log.info("resuming %s after epoch %d", name, state["epoch"])
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=cfg, datasets=datasets or {}, dataset_config=data_config,
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker={"CPU": train.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    with driver_progress(storage / name, train.epochs, metric):
+        result = trainer.fit()
+    if not (result.metrics or {}).get("done"):
+        raise RuntimeError(f"training ended without final metrics: {result.metrics}")
+    return result
+
+
+def best_state(checkpoint) -> dict:
+    """The best epoch's weights from a final checkpoint written by the engine."""
+    import torch
+
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", weights_only=True)["best_model"]
