@@ -24,6 +24,9 @@ MODELS = ["lr", "dcn", "deepfm", "finalmlp"]
 SEEDS = [1, 2, 3]
 LEADERBOARD = {"dcn": 0.9839, "deepfm": 0.9842, "finalmlp": 0.9861}  # BARS, full 7:2:1 split (shared/data README)
 RUNS: dict[str, list[dict]] = {}
+# LR learns slowly at Adam 1e-3 (valid AUC still rising at the 100-epoch cap: test 0.9172); at 1e-2 it
+# converges (best epoch ~24, test 0.9226): the floor gets its best shot
+LR_FLAGS = {"lr": ["--train.lr", "0.01"]}
 
 
 def _data() -> tuple[Path, Path]:
@@ -47,7 +50,8 @@ def test_frappe(benchmark, ray_local, model):
             out = WORK / "runs" / f"{model}-seed{seed}"
             assert main(["--train_data", str(train), "--test_data", str(test), "--output", str(out), "--overwrite",
                          "--run_dir", str(WORK / "ray_train"), "--run_name", f"frappe-{model}-seed{seed}",
-                         "--model.name", model, "--train.seed", str(seed), "--train.threads", "2"]) == 0
+                         "--model.name", model, "--train.seed", str(seed), "--train.threads", "2",
+                         *LR_FLAGS.get(model, [])]) == 0
             reports.append(json.loads((out / "metrics.json").read_text()))
         return reports
 
@@ -70,7 +74,8 @@ def test_frappe(benchmark, ray_local, model):
         (RESULTS / "ctr_frappe.json").write_text(json.dumps(rows, indent=2) + "\n")
         write_result("ctr_frappe", "\n".join(
             ["Frappe: trained on frappe.validation.libfm (57,722 rows; 10% held out for early stopping), tested on "
-             "frappe.test.libfm (28,860 rows); embedding 10, Adam 1e-3, batch 4096, embedding L2 0.05, patience 2.",
+             "frappe.test.libfm (28,860 rows); embedding 10, DNN 400x3 with batch norm, Adam 1e-3 (LR: 1e-2), batch "
+             "4096, embedding L2 0.05 (LR: none), patience 2.",
              "", *table]))
         lr = statistics.mean(rows["lr"]["auc"])
         for m in ("dcn", "deepfm", "finalmlp"):

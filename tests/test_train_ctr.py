@@ -96,3 +96,15 @@ def test_bad_input(data, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert code != 0 and message in err, err[-2000:]
     assert err.rstrip().endswith("nothing was published") and not out.exists()
+
+
+def test_embedding_l2_default_depends_on_the_model():
+    from semrec.config import load_settings
+    from semrec.config.settings import TrainCTRSettings
+
+    def l2(*extra):
+        return load_settings(TrainCTRSettings, ["--train_data", "a", "--test_data", "b", *extra]).model.embedding_l2
+
+    assert l2() == 0.05 and l2("--model.name", "finalmlp") == 0.05
+    assert l2("--model.name", "lr") == 0.0  # the penalty would pin LR's only weights near zero
+    assert l2("--model.name", "lr", "--model.embedding_l2", "0.2") == 0.2

@@ -349,7 +349,8 @@ class TrainCTRSettings(JobSettings):
     run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
     run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings)")
     resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
-    model: CTRModelSettings = CTRModelSettings()
+    # unvalidated default, validated per job: embedding_l2's default depends on the model name
+    model: CTRModelSettings = Field(CTRModelSettings.model_construct(), validate_default=True)
     train: CTRTrainSettings = CTRTrainSettings()
     ray: RaySettings = RaySettings()
 

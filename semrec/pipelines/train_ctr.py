@@ -11,7 +11,6 @@ Output folder (published atomically):
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -36,13 +35,10 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     from semrec.models.ctr.models import build_ctr, save_pretrained
     from semrec.pipelines.runtime import init_ray
     from semrec.train.ctr import train_loop
-    from semrec.train.launch import best_state, check_cpus, default_run_name, launch
+    from semrec.train.launch import best_state, check_cpus, default_run_name, launch, worker_config
 
     t0 = time.perf_counter()
-    cfg = json.loads(s.model_dump_json())
-    cfg["train"]["threads"] = s.train.threads or max(1, math.ceil(s.train.cpus_per_worker))
-    for key in ("train_data", "test_data"):
-        cfg[key] = str(Path(cfg[key]).absolute())
+    cfg = worker_config(s, ("train_data", "test_data"))
     # validate both files and the model before starting Ray (clear errors, nothing published)
     train_data = load_ctr(s.train_data, s.n_features)
     test_data = load_ctr(s.test_data, s.n_features)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -68,15 +67,11 @@ def train(s: TrainSeqRecSettings, stage: Path) -> dict:
     """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
     from semrec.models.sasrec import save_pretrained
     from semrec.pipelines.runtime import init_ray
-    from semrec.train.launch import best_state, check_cpus, launch
+    from semrec.train.launch import best_state, check_cpus, launch, worker_config
     from semrec.train.seqrec import build_model, load_assets, train_loop
 
     t0 = time.perf_counter()
-    cfg = json.loads(s.model_dump_json())
-    cfg["train"]["threads"] = s.train.threads or max(1, math.ceil(s.train.cpus_per_worker))
-    for key in ("sequences", "tokens", "embeddings"):  # Ray Train workers do not run in our working directory
-        if cfg[key] is not None:
-            cfg[key] = str(Path(cfg[key]).absolute())
+    cfg = worker_config(s, ("sequences", "tokens", "embeddings"))
     # validate everything a worker will load (clear errors, nothing published)
     files = parquet_files(s.sequences, "user_sequences")
     source = s.train.source

@@ -16,6 +16,19 @@ from semrec.errors import ConfigError
 log = logging.getLogger("semrec.train")
 
 
+def worker_config(settings, path_keys: tuple[str, ...]) -> dict:
+    """The job's settings as the JSON dict each worker gets: torch threads resolved, and the path settings
+    ``path_keys`` made absolute (Ray Train workers do not run in the job's working directory)."""
+    import math
+
+    cfg = json.loads(settings.model_dump_json())
+    cfg["train"]["threads"] = settings.train.threads or max(1, math.ceil(settings.train.cpus_per_worker))
+    for key in path_keys:
+        if cfg[key] is not None:
+            cfg[key] = str(Path(cfg[key]).absolute())
+    return cfg
+
+
 def default_run_name(prefix: str, payload: dict) -> str:
     """``<prefix>-<hash of the settings that define the run>``: the same settings resume the same run."""
     key = json.dumps(payload, sort_keys=True, default=str)
