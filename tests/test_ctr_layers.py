@@ -63,7 +63,7 @@ def test_models_give_one_logit_per_row_and_train(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert model(ids).shape == (16,) and float(loss) < 0.5 * first
+    assert model(ids).shape == (16,) and float(loss.detach()) < 0.5 * first
     assert model.config["model"] == name
 
 
@@ -72,3 +72,51 @@ def test_unknown_model_or_parameter_is_refused():
         build_ctr({"model": "xgb", "n_features": 5, "n_fields": 2})
     with pytest.raises(TypeError):
         build_ctr({"model": "lr", "n_features": 5, "n_fields": 2, "embedding_dim": 4})
+
+
+def _hmi(aggregation, base="dcn", ku=3, kt=3):
+    from semrec.models.ctr.models import HMI
+
+    torch.manual_seed(4)
+    small = {"finalmlp": {"mlp1": [16], "mlp2": [8], "gate_hidden": [8]}}.get(base, {"hidden": [16]})
+    spec = {"model": base, "n_features": 0, "n_fields": 2, "embedding_dim": 6, **small}  # no id table
+    return HMI(build_ctr(spec), [5] * ku, [7] * kt, 6, aggregation)
+
+
+@pytest.mark.parametrize("base", ["dcn", "deepfm", "finalmlp"])
+def test_hmi_scores_every_prefix_pair_with_the_base_model(base):
+    hmi = _hmi("hmi", base).eval()
+    u, t = torch.randint(0, 5, (4, 3)), torch.randint(0, 7, (4, 3))
+    scores = hmi.pair_scores(u, t)
+    assert scores.shape == (4, 9)
+    eu = sum(hmi.user[k](u[:, k]) for k in range(2))  # user prefix of 2 levels
+    et = hmi.item[0](t[:, 0])  # item prefix of 1 level
+    torch.testing.assert_close(scores[:, 1 * 3 + 0], hmi.base.score(torch.stack([eu, et], dim=1)))
+    torch.testing.assert_close(hmi(u, t), hmi.mix(scores).squeeze(1))
+
+
+def test_hmi_aggregations_layer_and_add():
+    u, t = torch.randint(0, 5, (4, 3)), torch.randint(0, 7, (4, 3))
+    layer, add = _hmi("layer").eval(), _hmi("add").eval()
+    assert layer.pair_scores(u, t).shape == (4, 3) and add.pair_scores(u, t).shape == (4, 1)
+    full_u = sum(add.user[k](u[:, k]) for k in range(3))
+    full_t = sum(add.item[k](t[:, k]) for k in range(3))
+    torch.testing.assert_close(add.pair_scores(u, t)[:, 0], add.base.score(torch.stack([full_u, full_t], 1)))
+    with pytest.raises(ValueError, match="HMI needs dcn, deepfm or finalmlp"):
+        from semrec.models.ctr.models import HMI
+
+        HMI(build_ctr({"model": "lr", "n_features": 5, "n_fields": 2}), [4], [4], 6)
+
+
+def test_hmi_learns_a_user_item_token_affinity():
+    hmi = _hmi("hmi")
+    gen = torch.Generator().manual_seed(5)
+    u, t = torch.randint(0, 5, (512, 3), generator=gen), torch.randint(0, 7, (512, 3), generator=gen)
+    y = ((u[:, 0] + t[:, 0]) % 2).float()  # clicks depend on the first-level tokens of both sides
+    opt = torch.optim.Adam(hmi.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(hmi(u, t), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.3
