@@ -1,5 +1,7 @@
 """CTR models composed from ``semrec.models.ctr.layers``; each maps categorical feature ids (B, F) over one
-global vocabulary to a click logit (B,). ``build_ctr(spec)`` builds one from a JSON-able spec (the
+global vocabulary to a click logit (B,). DCN, DeepFM and FinalMLP also expose ``score(E)`` on field
+embeddings (B, F, d) so that other inputs (token prefix sums in ``HMI``) can drive them; built with
+``n_features=0`` they have no id table. ``build_ctr(spec)`` builds one from a JSON-able spec (the
 ``config.json`` of a saved model).
 
 - ``LR``: logistic regression, sum of per-feature weights + bias (the floor).
