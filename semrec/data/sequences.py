@@ -58,7 +58,7 @@ def _scan_block(table: pa.Table, n_items: int | None) -> pa.Table:
     rows = RowBatch.from_arrow(table)
     error = ""
     try:
-        rows.check(n_items, ", ".join(sorted(set(table.column("path").to_pylist()))))
+        rows.check(n_items, ", ".join(sorted(pa.compute.unique(table.column("path")).to_pylist())))
     except InputError as e:
         error = str(e)
     return pa.table({"users": [len(rows)], "max_id": [int(rows.flat.max()) if len(rows.flat) else 0],
