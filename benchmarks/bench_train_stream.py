@@ -29,7 +29,17 @@ TINY = ["--model.hidden", "16", "--model.layers", "1", "--model.heads", "1", "--
 BEAUTY = ["--model.hidden", "64", "--model.layers", "2", "--model.heads", "2", "--model.max_len", "50",
           "--train.batch_size", "256", "--train.epochs", "4", "--no-eval.full_ranking"]
 SCALE: dict[str, dict] = {}
+DATA = Path("out/bench_train_stream")
 MB = 2**20
+
+
+def _table(name: str, users: int, items: int, seed: int, rows_per_shard: int, mean_length: int) -> Path:
+    """A synthetic user_sequences table, generated once under out/ (the same bytes for the same arguments)."""
+    data = DATA / name
+    if not (data / "_DONE").exists():
+        write_sequences(data, users, items, seed=seed, rows_per_shard=rows_per_shard, mean_length=mean_length)
+        (data / "_DONE").write_text(f"{users} users, {items} items, seed {seed}\n")
+    return data
 
 
 def _train(data: Path, work: Path, name: str, extra: list[str]) -> dict:
@@ -47,8 +57,7 @@ def _train(data: Path, work: Path, name: str, extra: list[str]) -> dict:
 
 @pytest.mark.parametrize("users", [1_000_000, 10_000_000], ids=["1M", "10M"])
 def test_streamed_epoch_at_scale(benchmark, ray_local, tmp_path_factory, users):
-    data = tmp_path_factory.mktemp(f"seq{users}")
-    write_sequences(data, users, 1_000_000, seed=0, rows_per_shard=500_000, mean_length=20)
+    data = _table(f"seq{users}", users, 1_000_000, 0, 500_000, 20)
     work = tmp_path_factory.mktemp(f"run{users}")
     run = benchmark.pedantic(_train, args=(data, work, f"scale{users}", [*TINY, "--train.source", "stream",
                                                                      "--n_items", "1000000"]),
@@ -78,8 +87,7 @@ def test_streamed_epoch_at_scale(benchmark, ray_local, tmp_path_factory, users):
 
 
 def test_stream_vs_memory_at_beauty_size(benchmark, ray_local, tmp_path_factory):
-    data = tmp_path_factory.mktemp("beauty_sized")
-    write_sequences(data, 22_363, 12_101, seed=1, rows_per_shard=22_363, mean_length=9)
+    data = _table("beauty_sized", 22_363, 12_101, 1, 22_363, 9)
     work = tmp_path_factory.mktemp("beauty_runs")
 
     def both() -> dict:

@@ -204,22 +204,27 @@ def evaluate(model: SASRec, batches, split: str, max_len: int, ties: str, full_r
     was_training = model.training
     model.eval()
     cut = 2 if split == "valid" else 1
-    sampled, full = [], []
+    empty = np.zeros(0, dtype=np.int64)
+    out = metric_sums(empty, ks=(1, 5, 10), ndcg_ks=(5, 10))
+    if full_ranking:
+        out.update(metric_sums(empty, ks=(10, 20), ndcg_ks=(10, 20), prefix="full_", mrr=False))
+
+    def add(sums: dict, count: bool = True) -> None:  # running sums: memory stays flat however many users
+        for k, v in sums.items():
+            if k != "count" or count:
+                out[k] += v
+
     for rows, negatives in batches:
         hist, targets = eval_examples(rows, max_len, split)
         h = torch.from_numpy(hist).to(device)
         cand = np.concatenate([targets[:, None], negatives], axis=1)
-        sampled.append(ranks_sampled(model.score(h, torch.from_numpy(cand).to(device)), ties))
+        add(metric_sums(ranks_sampled(model.score(h, torch.from_numpy(cand).to(device)), ties),
+                        ks=(1, 5, 10), ndcg_ks=(5, 10)))
         if full_ranking:
             ranks, _, _ = stream_full_ranking(model.user_states(h), model.items, model.config["n_items"],
                                               torch.from_numpy(targets).to(device), histories(rows, cut),
                                               k=20, block=item_block, ties=ties)
-            full.append(ranks)
-    empty = np.zeros(0, dtype=np.int64)
-    out = metric_sums(np.concatenate(sampled) if sampled else empty, ks=(1, 5, 10), ndcg_ks=(5, 10))
-    if full_ranking:
-        out.update(metric_sums(np.concatenate(full) if full else empty, ks=(10, 20), ndcg_ks=(10, 20),
-                               prefix="full_", mrr=False))
+            add(metric_sums(ranks, ks=(10, 20), ndcg_ks=(10, 20), prefix="full_", mrr=False), count=False)
     model.train(was_training)
     return out
 
