@@ -195,9 +195,8 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
             steps += 1
         train_loss, examples_all, pass_s = coll.sum([total, float(examples), time.perf_counter() - t0])
         pass_s /= world  # the training pass's seconds, averaged over ranks
-        metrics = {f"valid_{k}": v for k, v in
-                   reduce_metrics(coll, family.evaluate(_unwrap(model), "valid", rank, world, False),
-                                  getattr(family, "finalize", None)).items()}
+        metrics = {f"valid_{k}": v for k, v in evaluate(family, _unwrap(model), "valid", rank, world, False,
+                                                         coll).items()}
         score = metrics[f"valid_{family.metric}"]
         if score > best:
             best, best_epoch, bad, best_state = score, epoch, 0, _state_dict(model)
@@ -235,12 +234,16 @@ def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int,
     """Test and validation metrics of the best epoch's weights, on a copy (the live model stays as it is)."""
     best_model = copy.deepcopy(_unwrap(model))
     best_model.load_state_dict(best_state)
-    finalize = getattr(family, "finalize", None)
-    out = {f"test_{k}": v for k, v in
-           reduce_metrics(coll, family.evaluate(best_model, "test", rank, world, True), finalize).items()}
+    out = {f"test_{k}": v for k, v in evaluate(family, best_model, "test", rank, world, True, coll).items()}
     out.update({f"final_valid_{k}": v for k, v in
-                reduce_metrics(coll, family.evaluate(best_model, "valid", rank, world, True), finalize).items()})
+                evaluate(family, best_model, "valid", rank, world, True, coll).items()})
     return out
+
+
+def evaluate(family: Family, model: nn.Module, split: str, rank: int, world: int, final: bool,
+             coll: Collective) -> dict[str, float]:
+    """The family's metrics on ``split``: its sharded sums, reduced over every rank."""
+    return reduce_metrics(coll, family.evaluate(model, split, rank, world, final), getattr(family, "finalize", None))
 
 
 @contextmanager
