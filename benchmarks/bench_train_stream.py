@@ -109,7 +109,7 @@ def test_stream_vs_memory_at_beauty_size(benchmark, ray_local, tmp_path_factory)
         "SASRec at Beauty size (synthetic: 22,363 users, 12,101 items, mean length 9; hidden 64, 2 layers, batch 256), "
         "1 worker: examples/s of the training pass per worker in the last (4th) epoch of each run, two runs per "
         "source alternating memory / stream in one session, median.", "",
-        "| source | examples/s per worker | per-epoch values | peak RSS, worker (MB) |", "|---|---|---|---|",
+        "| source | examples/s per worker | per run | peak RSS, worker (MB) |", "|---|---|---|---|",
         f"| memory | {mem:,.0f} | {', '.join(f'{x:,.0f}' for x in r['memory'])} | {r['memory_worker_rss_mb']:,} |",
         f"| stream (Ray Data) | {stream:,.0f} | {', '.join(f'{x:,.0f}' for x in r['stream'])} | "
         f"{r['stream_worker_rss_mb']:,} |", "",
