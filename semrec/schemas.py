@@ -125,10 +125,14 @@ def code_type(codebook_size: int) -> pa.DataType:
     )
 
 
-def token_table_schema(codebook_sizes: list[int], metadata: dict[str, Any] | None = None) -> pa.Schema:
-    fields = [pa.field("item_id", pa.int64(), nullable=False)]
+def token_table_schema(codebook_sizes: list[int], metadata: dict[str, Any] | None = None,
+                       key: str = "item_id") -> pa.Schema:
+    """Item token table (``key`` item_id: codes + collision suffix) or user token table (``key`` user_id:
+    codes only; users sharing a code tuple share a token, by design)."""
+    fields = [pa.field(key, pa.int64(), nullable=False)]
     fields += [pa.field(f"c{i}", code_type(c), nullable=False) for i, c in enumerate(codebook_sizes)]
-    fields.append(pa.field("suffix", pa.uint16(), nullable=False))
+    if key == "item_id":
+        fields.append(pa.field("suffix", pa.uint16(), nullable=False))
     schema = pa.schema(fields)
     return schema.with_metadata(encode_metadata(metadata)) if metadata else schema
 
@@ -143,6 +147,17 @@ def token_table_spec(codebook_sizes: list[int] | None = None) -> TableSpec:
         required=tuple(s),
         field_docs={"c0": "code of level 0 (uint8 if codebook <= 256 else uint16); c1, c2... likewise",
                     "suffix": "0..k-1 inside each group of k items sharing a code tuple, ordered by item_id"},
+    )
+
+
+def user_token_table_spec(codebook_sizes: list[int] | None = None) -> TableSpec:
+    s = token_table_schema(codebook_sizes or [256, 256, 256], key="user_id")
+    return TableSpec(
+        name="user_token_table",
+        doc="Discrete user codes (UIST user tokens): user id and one code column per level (c0 coarsest). "
+            "No suffix: users with the same tuple share a token.",
+        required=tuple(s),
+        field_docs={"c0": "code of level 0 (uint8 if codebook <= 256 else uint16); c1, c2... likewise"},
     )
 
 
@@ -198,8 +213,8 @@ def check_embedding_schema(schema: pa.Schema, where: str) -> int:
     return t.list_size
 
 
-ALL_SPECS = {s.name: s for s in (ITEMS, embeddings_spec(384), token_table_spec(), USER_SEQUENCES, INTERACTIONS,
-                                  CTR_SAMPLES)}
+ALL_SPECS = {s.name: s for s in (ITEMS, embeddings_spec(384), token_table_spec(), user_token_table_spec(),
+                                  USER_SEQUENCES, INTERACTIONS, CTR_SAMPLES)}
 
 
 def dump_json(out_dir: Path) -> list[Path]:

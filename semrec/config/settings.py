@@ -358,3 +358,68 @@ class TrainCTRSettings(JobSettings):
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
         return TrainSeqRecSettings._safe_name(v)
+
+
+class UserEncoderSettings(Section):
+    """The UIST user autoencoder (transformer encoder -> additive attention -> z -> causal decoder)."""
+
+    item_repr: Literal["codes", "text"] = Field("codes", description="how history items enter: the sum of their "
+                                                                   "code embeddings, or their text embeddings")
+    target: Literal["codes", "items"] = Field("codes", description="reconstruction target: each position's item "
+                                                                  "codes (K heads; any catalogue size) or the item "
+                                                                  "id (softmax over all items; small catalogues)")
+    item_dim: int = Field(64, ge=1, description="code-embedding width (item_repr=codes)")
+    hidden: int = Field(64, ge=8, description="transformer width = the size of z")
+    layers: int = Field(2, ge=1, description="encoder layers H (and decoder layers)")
+    heads: int = Field(2, ge=1, description="attention heads")
+    max_len: int = Field(50, ge=1, description="the last max_len items of each user are encoded")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout")
+
+    @model_validator(mode="after")
+    def _dims(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        return self
+
+
+class UserEncoderTrainSettings(TrainSettings):
+    epochs: int = Field(20, ge=1, description="max epochs over the fit sample")
+    patience: int = Field(3, ge=1, description="epochs without a better validation code accuracy before stopping")
+
+
+class TokenizeUsersSettings(JobSettings):
+    """user_sequences -> user autoencoder (fit on a user sample with Ray Train) -> z for every user (Ray Data
+    actor pool) -> quantizer fit on a sample of z -> user token table + encoder + report, published
+    atomically at --output."""
+
+    sequences: Path = Field(..., description="user_sequences Parquet file or folder (schemas/user_sequences.json)")
+    item_tokens: Path = Field(..., description="tokenize_items output folder: its token_table gives the item codes "
+                                               "(inputs and reconstruction targets)")
+    item_embeddings: Path | None = Field(None, description="model.item_repr=text: item_embeddings Parquet "
+                                                           "(default: <item_tokens>/item_embeddings)")
+    user_encoder: Path | None = Field(None, description="a user_encoder folder of an earlier run: score with it "
+                                                        "instead of training (its item codes must match)")
+    output: Path = Field(Path("out/user_tokens"), description="output folder (replaced atomically on success)")
+    seed: int = Field(0, description="seed of the samples and the quantizer (training: train.seed)")
+    fit_users: int = Field(100_000, ge=2, description="users the autoencoder is trained on (deterministic sample)")
+    valid_fraction: float = Field(0.05, gt=0, lt=1, description="share of the fit users held out for early "
+                                                                "stopping and the reconstruction report")
+    fit_sample: int = Field(200_000, ge=1, description="user vectors the quantizer is fitted on")
+    partitions: int | None = Field(None, ge=1, description="hash partitions of the table step (default: one "
+                                                           "per ~2M users)")
+    keep_embeddings: bool = Field(True, description="keep z of every user as user_embeddings/ (the "
+                                                    "embedding-based user representation)")
+    embedding_dtype: Literal["float32", "float16"] = Field("float32", description="stored precision of z")
+    plots: bool = Field(True, description="write PNG plots of code usage and collision groups")
+    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
+    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings)")
+    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
+    model: UserEncoderSettings = UserEncoderSettings()
+    train: UserEncoderTrainSettings = UserEncoderTrainSettings()
+    quantizer: QuantizerSettings = Field(QuantizerSettings.model_construct(), validate_default=True)
+    ray: RaySettings = RaySettings()
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        return TrainSeqRecSettings._safe_name(v)

@@ -63,13 +63,13 @@ class RowBatch:
         idx = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return RowBatch(self.user_ids[rows], offsets, self.flat[idx])
 
-    def check(self, n_items: int | None, where: str) -> None:
-        """Refuse sequences shorter than 3 and item ids outside 1..n_items, naming the user."""
-        short = self.lengths < MIN_LENGTH
+    def check(self, n_items: int | None, where: str, min_length: int = MIN_LENGTH, why: str = "leave-one-out") -> None:
+        """Refuse sequences shorter than ``min_length`` and item ids outside 1..n_items, naming the user."""
+        short = self.lengths < min_length
         if short.any():
             i = int(np.argmax(short))
-            raise InputError(f"{where}: user {self.user_ids[i]} has {self.lengths[i]} items; leave-one-out needs "
-                             f"at least {MIN_LENGTH}")
+            raise InputError(f"{where}: user {self.user_ids[i]} has {self.lengths[i]} items; {why} needs "
+                             f"at least {min_length}")
         row_of = np.repeat(np.arange(len(self)), self.lengths)
         low = self.flat < 1
         if low.any():

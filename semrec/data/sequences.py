@@ -17,7 +17,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from semrec.data.io import parquet_files, read_table, write_table
-from semrec.data.seqbatch import RowBatch
+from semrec.data.seqbatch import MIN_LENGTH, RowBatch
 from semrec.errors import InputError
 from semrec.schemas import decode_metadata, encode_metadata
 
@@ -43,38 +43,40 @@ class Sequences:
         return self.rows.take(rows)
 
 
-def load_sequences(path: str | Path, n_items: int | None = None) -> Sequences:
-    """Read ``user_sequences`` Parquet; refuse sequences shorter than 3 and unknown item ids."""
+def load_sequences(path: str | Path, n_items: int | None = None, min_length: int = MIN_LENGTH,
+                   why: str = "leave-one-out") -> Sequences:
+    """Read ``user_sequences`` Parquet; refuse sequences shorter than ``min_length`` and unknown item ids."""
     files = parquet_files(path, "user_sequences")
     rows = RowBatch.from_arrow(read_table(files, "user_sequences", columns=["user_id", "item_ids"]))
-    rows.check(n_items, str(path))
+    rows.check(n_items, str(path), min_length, why)
     order = np.argsort(rows.user_ids, kind="stable")
     rows = rows.take(order)
     items = np.split(rows.flat, rows.offsets[1:-1])
     return Sequences(rows.user_ids, items, n_items or int(rows.flat.max()))
 
 
-def _scan_block(table: pa.Table, n_items: int | None) -> pa.Table:
+def _scan_block(table: pa.Table, n_items: int | None, min_length: int, why: str) -> pa.Table:
     rows = RowBatch.from_arrow(table)
     error = ""
     try:
-        rows.check(n_items, ", ".join(sorted(pa.compute.unique(table.column("path")).to_pylist())))
+        rows.check(n_items, ", ".join(sorted(pa.compute.unique(table.column("path")).to_pylist())), min_length, why)
     except InputError as e:
         error = str(e)
     return pa.table({"users": [len(rows)], "max_id": [int(rows.flat.max()) if len(rows.flat) else 0],
                      "error": [error]})
 
 
-def scan_sequences(files: list[Path], n_items: int | None) -> tuple[int, int]:
+def scan_sequences(files: list[Path], n_items: int | None, min_length: int = MIN_LENGTH,
+                   why: str = "leave-one-out") -> tuple[int, int]:
     """(users, n_items) of a ``user_sequences`` table too large for one process, checked as
-    ``load_sequences`` checks it (sequences of >= 3 items, ids in 1..n_items), by Ray Data tasks, in
-    bounded memory; the first bad row is an InputError naming its file and user."""
+    ``load_sequences`` checks it (sequences of >= ``min_length`` items, ids in 1..n_items), by Ray Data
+    tasks, in bounded memory; the first bad row is an InputError naming its file and user."""
     import ray
     import ray.data
 
     ds = ray.data.read_parquet([str(f) for f in files], include_paths=True).select_columns(
         ["user_id", "item_ids", "path"])
-    stats = ds.map_batches(_scan_block, fn_kwargs={"n_items": n_items}, batch_size=None,
+    stats = ds.map_batches(_scan_block, fn_kwargs={"n_items": n_items, "min_length": min_length, "why": why}, batch_size=None,
                            batch_format="pyarrow").to_arrow_refs()
     tables = [t for t in ray.get(stats) if t.num_rows]
     errors = [e for t in tables for e in t.column("error").to_pylist() if e]

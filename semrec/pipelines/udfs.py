@@ -10,8 +10,9 @@ import pyarrow as pa
 from semrec.errors import InputError
 
 
-def embedding_matrix(batch: pa.Table, where: str = "item_embeddings") -> np.ndarray:
+def embedding_matrix(batch: pa.Table, where: str | None = None, key: str = "item_id") -> np.ndarray:
     """(n, d) float32 from an ``embedding`` column (fixed_size_list or Ray's tensor extension)."""
+    where = where or ("item_embeddings" if key == "item_id" else "user_embeddings")
     col = batch.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
@@ -19,12 +20,12 @@ def embedding_matrix(batch: pa.Table, where: str = "item_embeddings") -> np.ndar
         x = np.asarray(col.to_numpy(zero_copy_only=False))
         x = np.stack(x) if x.dtype == object else x
     if col.null_count:
-        raise InputError(f"{where}: null embedding for item_id {batch.column('item_id')[col.is_null().index(True).as_py()]}")
+        raise InputError(f"{where}: null embedding for {key} {batch.column(key)[col.is_null().index(True).as_py()]}")
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        ids = batch.column("item_id").to_numpy()[bad][:5].tolist()
-        raise InputError(f"{where}: NaN or inf in the embeddings of item_id {ids} ({int(bad.sum())} rows in this batch)")
+        ids = batch.column(key).to_numpy()[bad][:5].tolist()
+        raise InputError(f"{where}: NaN or inf in the embeddings of {key} {ids} ({int(bad.sum())} rows in this batch)")
     return x
 
 
@@ -54,9 +55,9 @@ class EmbedItems:
 
 
 class EncodeCodes:
-    """item_embeddings batch -> (item_id, c0..c{L-1}) with the fitted quantizer loaded once per actor."""
+    """item/user embeddings batch -> (``key``, c0..c{L-1}) with the fitted quantizer loaded once per actor."""
 
-    def __init__(self, quantizer_dir: str, threads: int | None = None):
+    def __init__(self, quantizer_dir: str, threads: int | None = None, key: str = "item_id"):
         import torch
 
         from semrec.quant import load_quantizer
@@ -64,11 +65,41 @@ class EncodeCodes:
         if threads:
             torch.set_num_threads(threads)
         self.q = load_quantizer(Path(quantizer_dir))
-        self.types = self.q.code_dtypes()
+        self.types, self.key = self.q.code_dtypes(), key
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        codes = self.q.encode(embedding_matrix(batch))
-        cols = {"item_id": batch.column("item_id").cast(pa.int64())}
+        codes = self.q.encode(embedding_matrix(batch, key=self.key))
+        cols = {self.key: batch.column(self.key).cast(pa.int64())}
         for level, t in enumerate(self.types):
             cols[f"c{level}"] = pa.array(codes[:, level].astype(t.to_pandas_dtype()), type=t)
         return pa.table(cols)
+
+
+class EncodeUsers:
+    """user_sequences batch -> (user_id, embedding = z) with the user encoder loaded once per actor. Users
+    with no items or with item ids outside the encoder's catalogue are refused, naming the user."""
+
+    def __init__(self, encoder_dir: str, threads: int | None = None, dtype: str = "float32", chunk: int = 1024):
+        import torch
+
+        from semrec.models.user_ae import from_pretrained
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = from_pretrained(encoder_dir)
+        self.n_items, self.max_len = self.model.config["n_items"], self.model.config["max_len"]
+        self.dtype, self.chunk = dtype, chunk
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from semrec.data.seqbatch import RowBatch, left_pad
+
+        rows = RowBatch.from_arrow(batch)
+        rows.check(self.n_items, "user_sequences", 1, "a user token")
+        ids = left_pad(rows.flat, rows.offsets[:-1], rows.lengths, self.max_len)
+        with torch.inference_mode():
+            z = np.concatenate([self.model.encode(torch.from_numpy(ids[i:i + self.chunk])).numpy()
+                                for i in range(0, len(ids), self.chunk)]) if len(ids) else \
+                np.zeros((0, self.model.config["hidden"]), np.float32)
+        return pa.table({"user_id": pa.array(rows.user_ids, pa.int64()), "embedding": embeddings_array(z, self.dtype)})
