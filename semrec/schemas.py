@@ -97,8 +97,12 @@ CTR_SAMPLES = TableSpec(
     doc="One row per impression: a click label and one categorical feature id per field, over one global "
         "feature vocabulary (Parquet metadata semrec.n_features, semrec.fields).",
     required=(pa.field("label", pa.int8(), nullable=False), pa.field("features", pa.list_(pa.int64()))),
+    optional=(pa.field("impression_id", pa.int64()), pa.field("user_id", pa.int64()), pa.field("item_id", pa.int64())),
     field_docs={"label": "1 clicked / 0 not clicked", "features": "global feature ids, one per field in field "
-                                                                  "order (the same number in every row)"},
+                                                                  "order (the same number in every row)",
+                "impression_id": "groups the candidates shown together (nDCG@5 per impression)",
+                "user_id": "the user (joins the histories / user token tables; paradigm models)",
+                "item_id": "the item (joins the item token / embedding tables; paradigm models)"},
 )
 
 
@@ -202,11 +206,12 @@ def check_schema(schema: pa.Schema, spec: TableSpec, where: str) -> None:
             raise InputError(f"{where}: column '{f.name}' has type {schema.field(f.name).type}, expected {f.type}")
 
 
-def check_embedding_schema(schema: pa.Schema, where: str) -> int:
-    """Validate an item_embeddings schema; returns the dimension d."""
-    check_schema(schema, TableSpec("item_embeddings", "", (pa.field("item_id", pa.int64()),)), where)
+def check_embedding_schema(schema: pa.Schema, where: str, key: str = "item_id") -> int:
+    """Validate an item_embeddings schema (``key`` user_id: user_embeddings); returns the dimension d."""
+    name = f"{key[:-3]}_embeddings"
+    check_schema(schema, TableSpec(name, "", (pa.field(key, pa.int64()),)), where)
     if "embedding" not in schema.names:
-        raise InputError(f"{where}: missing required column 'embedding' (item_embeddings needs item_id, embedding)")
+        raise InputError(f"{where}: missing required column 'embedding' ({name} needs {key}, embedding)")
     t = schema.field("embedding").type
     if not pa.types.is_fixed_size_list(t) or t.value_type not in (pa.float32(), pa.float16()):
         raise InputError(f"{where}: column 'embedding' has type {t}, expected fixed_size_list<float32|float16, d>")

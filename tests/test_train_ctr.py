@@ -26,7 +26,7 @@ def _samples(path: Path, n: int, seed: int, width: int = FIELDS, label=None, n_f
     logit = 1.5 * (effect[0, local[:, 0]] + effect[1, local[:, 1]] + effect[2, local[:, 2]])
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8) if label is None else np.full(n, label, np.int8)
     t = pa.table({"label": pa.array(y, pa.int8()), "features": pa.array(x.tolist(), pa.list_(pa.int64()))},
-                 schema=CTR_SAMPLES.schema())
+                 schema=CTR_SAMPLES.schema(with_optional=False))
     meta = {"table": "ctr_samples", "n_features": n_features or width * PER_FIELD,
             "fields": [f"f{i}" for i in range(width)]}
     write_table(t.replace_schema_metadata(encode_metadata(meta)), path)

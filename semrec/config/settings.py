@@ -183,8 +183,9 @@ class TokenizeItemsSettings(JobSettings):
 class PrepareDataSettings(JobSettings):
     """Convert a public dataset format (or a synthetic generator) to semrec's Parquet tables."""
 
-    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "libfm", "synthetic"] = Field(
-        ..., description="input format")
+    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "libfm", "synthetic",
+                    "clicks"] = Field(..., description="input format (clicks: impressions built from the "
+                                                        "user_sequences of an earlier prepare_data output)")
     input: list[Path] = Field([], description="input file(s)/folder (see README: Data adapters)")
     output: Path = Field(..., description="output folder: one sub-folder per table")
     items: int = Field(10_000, ge=1, description="synthetic: catalogue size")
@@ -192,7 +193,12 @@ class PrepareDataSettings(JobSettings):
     embedding_dim: int = Field(0, ge=0, description="synthetic: also write item_embeddings of this size")
     text: bool = Field(True, description="synthetic: generate item text")
     rows_per_shard: int = Field(1_000_000, ge=1, description="synthetic: rows per Parquet file / Ray task")
-    seed: int = Field(0, description="synthetic: seed")
+    seed: int = Field(0, description="synthetic / clicks: seed")
+    negatives: int = Field(4, ge=1, description="clicks: sampled non-clicked items per click")
+    history_fraction: float = Field(0.5, gt=0, lt=1, description="clicks: share of each user's items kept as the "
+                                                                 "fixed history; later items become impressions")
+    min_rating: int | None = Field(None, description="clicks: build sequences from the input's interactions with "
+                                                     "label >= min_rating (MovieLens: 4)")
     ray: RaySettings = RaySettings()
 
 
@@ -303,6 +309,14 @@ class CTRModelSettings(Section):
     dropout2: float = Field(0.2, ge=0, lt=1, description="FinalMLP's second stream dropout")
     gate_hidden: list[int] = Field([800], description="FinalMLP's feature-gate MLP widths")
     fusion_heads: int = Field(1, ge=1, description="FinalMLP's bilinear fusion heads")
+    aggregation: Literal["hmi", "layer", "add"] = Field("hmi", description="paradigm uist: every (user level i, "
+                                                                         "item level j) prefix pair (hmi), same-level "
+                                                                         "pairs (layer) or the full sums (add)")
+    encoder_layers: int = Field(1, ge=1, description="paradigms with a user encoder: transformer layers")
+    encoder_heads: int = Field(1, ge=1, description="paradigms with a user encoder: attention heads (divide "
+                                                    "embedding_dim)")
+    max_len: int = Field(50, ge=1, description="paradigms with a user encoder: last history items read")
+    encoder_dropout: float = Field(0.1, ge=0, lt=1, description="paradigms with a user encoder: dropout")
     embedding_l2: float | None = Field(None, ge=0, description="L2 penalty (coefficient / 2 x squared norm) on the "
                                                                "whole feature-embedding tables each step, as "
                                                                "FuxiCTR's embedding_regularizer (default: 0.05; "
@@ -340,8 +354,21 @@ class TrainCTRSettings(JobSettings):
     """Train a CTR model (LR, DCN, DeepFM, FinalMLP) on ctr_samples with the shared Ray Train engine;
     early stopping on validation AUC; publish test AUC / logloss and the model."""
 
-    train_data: Path = Field(..., description="ctr_samples Parquet to train on (prepare_data.py --format libfm)")
+    train_data: Path = Field(..., description="ctr_samples Parquet to train on (prepare_data.py --format libfm, or "
+                                              "the train/ of --format clicks)")
     test_data: Path = Field(..., description="ctr_samples Parquet to test on")
+    paradigm: Literal["features", "id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist"] = Field(
+        "features", description="features: the CTR model over the samples' feature ids (Frappe); otherwise how "
+                                "items / users are represented (UIST Table 2; click data of --format clicks): "
+                                "id-id (a)/(e), id-enc (a)/(f), emb-enc (c)/(f), emb-cached (c)/(g), ist (d)/(f), "
+                                "uist (d)/(h)")
+    histories: Path | None = Field(None, description="paradigms: the histories/ of --format clicks (user rows; "
+                                                      "what the user encoder reads)")
+    item_tokens: Path | None = Field(None, description="paradigms ist/uist: tokenize_items output (token_table/); "
+                                                       "emb-*: its item_embeddings/ unless --item_embeddings")
+    item_embeddings: Path | None = Field(None, description="paradigms emb-*: item_embeddings Parquet")
+    user_tokens: Path | None = Field(None, description="paradigms uist / emb-cached: tokenize_users output over "
+                                                       "--histories (user_token_table/, user_embeddings/)")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of train_data rows held out for early "
                                                                 "stopping (a fixed hash split)")
     n_features: int | None = Field(None, ge=1, description="feature vocabulary (default: from the files)")
@@ -358,6 +385,24 @@ class TrainCTRSettings(JobSettings):
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
         return TrainSeqRecSettings._safe_name(v)
+
+    @model_validator(mode="after")
+    def _paradigm_inputs(self):
+        p = self.paradigm
+        if p == "features":
+            return self
+        need = {"histories": True, "item_tokens": p in ("ist", "uist") or (p.startswith("emb") and
+                                                                           self.item_embeddings is None),
+                "user_tokens": p in ("uist", "emb-cached")}
+        missing = [k for k, v in need.items() if v and getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"paradigm {p} needs --{' and --'.join(missing)}")
+        if self.model.name == "lr":
+            raise ValueError(f"paradigm {p} scores (user, item) vectors: use model dcn, deepfm or finalmlp")
+        if p in ("id-enc", "emb-enc", "ist") and self.model.embedding_dim % self.model.encoder_heads:
+            raise ValueError(f"model.embedding_dim={self.model.embedding_dim} is not divisible by "
+                             f"model.encoder_heads={self.model.encoder_heads}")
+        return self
 
 
 class UserEncoderSettings(Section):

@@ -280,7 +280,7 @@ def libfm_ctr(path: Path, fields: list[str] | None = None) -> dict[str, pa.Table
         raise InputError(f"{path}: no rows")
     names = fields if fields and len(fields) == width else [f"f{i}" for i in range(width)]
     table = pa.table({"label": pa.array(labels, pa.int8()), "features": pa.array(feats, pa.list_(pa.int64()))},
-                     schema=CTR_SAMPLES.schema())
+                     schema=CTR_SAMPLES.schema(with_optional=False))
     n = max(max(f) for f in feats) + 1
     return {"ctr_samples": table.replace_schema_metadata(encode_metadata({"table": "ctr_samples", "n_features": n,
                                                                          "fields": names}))}

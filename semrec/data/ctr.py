@@ -20,12 +20,15 @@ class CTRData:
     labels: np.ndarray  # (N,) float32 in {0, 1}
     n_features: int  # ids are 0..n_features-1 (the largest declared by the files)
     fields: list[str]
+    impressions: np.ndarray | None = None  # (N,) impression ids, when the file has them
+    meta: dict | None = None  # the file's semrec.* metadata
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, rows: np.ndarray) -> "CTRData":
-        return CTRData(self.features[rows], self.labels[rows], self.n_features, self.fields)
+        imp = self.impressions[rows] if self.impressions is not None else None
+        return CTRData(self.features[rows], self.labels[rows], self.n_features, self.fields, imp, self.meta)
 
 
 def load_ctr(path: str | Path, n_features: int | None = None) -> CTRData:
@@ -33,7 +36,9 @@ def load_ctr(path: str | Path, n_features: int | None = None) -> CTRData:
     vocabulary, naming the file and row."""
     files = parquet_files(path, "ctr_samples")
     meta = decode_metadata(pq.read_schema(files[0]))
-    t = read_table(files, "ctr_samples", columns=["label", "features"])
+    names = pq.read_schema(files[0]).names
+    t = read_table(files, "ctr_samples", columns=["label", "features"] + (["impression_id"] if "impression_id" in names
+                                                                         else []))
     col = t.column("features").combine_chunks()
     lengths = np.diff(col.offsets.to_numpy())
     if len(lengths) == 0:
@@ -54,7 +59,8 @@ def load_ctr(path: str | Path, n_features: int | None = None) -> CTRData:
         row = int(np.argmax(out.any(axis=1)))
         raise InputError(f"{path}: row {row} has feature id {x[row][out[row]][0]} outside the vocabulary 0..{n - 1}")
     fields = list(meta.get("fields") or [f"f{i}" for i in range(width)])
-    return CTRData(x, y.astype(np.float32), n, fields)
+    imp = t.column("impression_id").to_numpy() if "impression_id" in t.column_names else None
+    return CTRData(x, y.astype(np.float32), n, fields, imp, meta)
 
 
 def hash_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

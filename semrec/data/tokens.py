@@ -47,11 +47,8 @@ def load_token_codes(tokens: Path, n_items: int, use_suffix: bool) -> tuple[np.n
 
 
 def load_text_embeddings(path: Path, n_items: int) -> np.ndarray:
-    files = parquet_files(path, "item embeddings")
-    t = read_table(files, "item embeddings")
-    ids = t.column("item_id").to_numpy()
-    col = t.column("embedding").combine_chunks()
-    x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).astype(np.float32)
+    """(n_items + 1, D) float32 item vectors, row 0 zeros."""
+    ids, x = _vectors(path, "item_id")
     out = np.zeros((n_items + 1, x.shape[1]), dtype=np.float32)
     covered = np.zeros(n_items + 1, dtype=bool)
     keep = (ids >= 1) & (ids <= n_items)
@@ -61,3 +58,55 @@ def load_text_embeddings(path: Path, n_items: int) -> np.ndarray:
     if len(missing):
         raise InputError(f"{path} does not cover item ids {missing[:5].tolist()}")
     return out
+
+
+def _vectors(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    t = read_table(parquet_files(path, f"{key[:-3]} embeddings"), f"{key[:-3]} embeddings", columns=[key, "embedding"])
+    ids = t.column(key).to_numpy()
+    col = t.column("embedding").combine_chunks()
+    x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).astype(np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise InputError(f"{path}: NaN or inf in the embedding of {key} {ids[bad][:5].tolist()}")
+    return ids, x
+
+
+def load_user_vectors(path: Path, user_ids: np.ndarray) -> np.ndarray:
+    """(U, D) float32: the ``user_embeddings`` row of each of ``user_ids`` (z of tokenize_users)."""
+    ids, x = _vectors(path, "user_id")
+    return x[_lookup(ids, user_ids, path, "user_id")]
+
+
+def load_user_codes(path: Path, user_ids: np.ndarray) -> tuple[np.ndarray, list[int], dict]:
+    """((U, K) codes of each of ``user_ids``, codebook sizes, the table's metadata) from a user token table."""
+    files = parquet_files(path, "user token table")
+    meta = decode_metadata(pq.read_schema(files[0]))
+    sizes = list(meta.get("codebook_sizes") or [])
+    if not sizes or meta.get("table") != "user_token_table":
+        raise InputError(f"{files[0]}: not a semrec user token table (metadata table={meta.get('table')!r})")
+    t = read_table(files, "user token table")
+    ids = t.column("user_id").to_numpy()
+    codes = np.stack([t.column(f"c{j}").to_numpy().astype(np.int64) for j in range(len(sizes))], axis=1)
+    return codes[_lookup(ids, user_ids, path, "user_id")], sizes, meta
+
+
+def _lookup(ids: np.ndarray, wanted: np.ndarray, path: Path, key: str) -> np.ndarray:
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], wanted), max(len(ids) - 1, 0))
+    found = (ids[order][pos] == wanted) if len(ids) else np.zeros(len(wanted), bool)
+    if not found.all():
+        raise InputError(f"{path}: no row for {key} {wanted[~found][:5].tolist()} ({int((~found).sum())} missing)")
+    return order[pos]
+
+
+def token_table_info(tokens: Path) -> dict:
+    """n_items (the largest item id), codebook sizes and quantizer id of a tokenize_items output folder."""
+    import pyarrow.compute as pc
+
+    files = parquet_files(Path(tokens) / "token_table", "item token table")
+    meta = decode_metadata(pq.read_schema(files[0]))
+    if not meta.get("codebook_sizes"):
+        raise InputError(f"{files[0]}: no semrec.codebook_sizes metadata (not a semrec token table)")
+    ids = read_table(files, "item token table", columns=["item_id"]).column("item_id")
+    return {"n_items": int(pc.max(ids).as_py() or 0), "codebook_sizes": list(meta["codebook_sizes"]),
+            "quantizer_id": meta.get("quantizer_id")}

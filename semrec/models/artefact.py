@@ -20,7 +20,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, architecture: str, 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = state if state is not None else model.state_dict()
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(d / WEIGHTS_FILE))
+    # clones: tensors shared between modules (an item side read by the user encoder too) are stored per key
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(d / WEIGHTS_FILE))
     (d / CONFIG_FILE).write_text(json.dumps({"architecture": architecture, "format_version": FORMAT_VERSION,
                                              **model.config}, indent=2, sort_keys=True) + "\n")
     return d

@@ -43,6 +43,33 @@ class TextItems(nn.Module):
         return self.vectors[ids] * (ids > 0).unsqueeze(-1)
 
 
+class SequenceEncoder(nn.Module):
+    """Items (via ``items``, any id -> vector module) -> projection + learned positions -> H transformer
+    encoder layers -> additive attention over the non-padding positions -> LayerNorm: one vector per user.
+    The encoder half of the user autoencoder, and the CTR paradigms' online user encoder (UIST (f))."""
+
+    def __init__(self, items: nn.Module, item_dim: int, hidden: int = 64, layers: int = 2, heads: int = 2,
+                 max_len: int = 50, dropout: float = 0.1):
+        super().__init__()
+        self.items, self.max_len = items, max_len
+        self.inp = nn.Linear(item_dim, hidden)
+        self.pos = nn.Embedding(max_len, hidden)
+        enc = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
+        self.pool = AdditiveAttention(hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inp(self.items(ids)) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) item ids, left-padded with 0 (at least one item per row) -> (B, hidden)."""
+        pad = ids == 0
+        if pad.all(dim=1).any():
+            raise ValueError(f"row {int(pad.all(dim=1).nonzero()[0, 0])} has no items: a user needs at least one")
+        return self.norm(self.pool(self.encoder(self.embed(ids), src_key_padding_mask=pad), pad))
+
+
 class UserAutoencoder(nn.Module):
     """``target_sizes``: classes of each reconstruction head; the codebook sizes of the item codes (the
     scalable target), or ``[n_items + 1]`` for the paper's item-id softmax (small catalogues only)."""
@@ -50,32 +77,20 @@ class UserAutoencoder(nn.Module):
     def __init__(self, items: nn.Module, item_dim: int, target_sizes: list[int], hidden: int = 64,
                  layers: int = 2, heads: int = 2, max_len: int = 50, dropout: float = 0.1):
         super().__init__()
-        self.items, self.max_len, self.sizes = items, max_len, list(target_sizes)
-        self.inp = nn.Linear(item_dim, hidden)
-        self.pos = nn.Embedding(max_len, hidden)
+        self.max_len, self.sizes = max_len, list(target_sizes)
+        self.seq = SequenceEncoder(items, item_dim, hidden, layers, heads, max_len, dropout)
         self.start = nn.Parameter(torch.zeros(hidden))
-        enc = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
         dec = nn.TransformerDecoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(dec, layers)
-        self.pool = AdditiveAttention(hidden)
-        self.norm = nn.LayerNorm(hidden)
         self.heads = nn.ModuleList(nn.Linear(hidden, c) for c in self.sizes)
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inp(self.items(ids)) + self.pos(torch.arange(ids.shape[1], device=ids.device))
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) item ids, left-padded with 0 (at least one item per row) -> z (B, hidden)."""
-        pad = ids == 0
-        if pad.all(dim=1).any():
-            raise ValueError(f"row {int(pad.all(dim=1).nonzero()[0, 0])} has no items: a user needs at least one")
-        h = self.encoder(self._embed(ids), src_key_padding_mask=pad)
-        return self.norm(self.pool(h, pad))
+        return self.seq(ids)
 
     def decode(self, ids: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
         """Per-head logits (B, L, C_k) for every position, each predicted from z and the items before it."""
-        x = self._embed(ids)
+        x = self.seq.embed(ids)
         shifted = torch.cat([self.start.expand(x.shape[0], 1, -1), x[:, :-1]], dim=1)  # teacher forcing
         causal = nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
         d = self.decoder(shifted, z[:, None, :], tgt_mask=causal, tgt_is_causal=True)

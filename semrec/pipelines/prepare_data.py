@@ -38,6 +38,13 @@ def run(s: PrepareDataSettings) -> dict:
                 write_sequences(stage / "user_sequences", s.users, s.items, seed=s.seed,
                                 rows_per_shard=s.rows_per_shard)
                 counts["user_sequences"] = s.users
+        elif s.format == "clicks":
+            from semrec.data.clicks import clicks_from
+
+            for name, table in clicks_from(s.input, s.negatives, s.history_fraction, s.seed, s.min_rating).items():
+                (stage / name).mkdir()
+                write_table(table, stage / name / "part-00000.parquet")
+                counts[name] = table.num_rows
         else:
             from semrec.data.adapters import convert
 

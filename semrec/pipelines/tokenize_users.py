@@ -27,35 +27,17 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from semrec.config import write_effective
 from semrec.config.settings import TokenizeUsersSettings
-from semrec.data.io import count_rows, input_read_errors, parquet_files, read_schema, read_table
+from semrec.data.io import count_rows, input_read_errors, parquet_files, read_schema
 from semrec.data.output import job_output
 from semrec.errors import InputError
 from semrec.pipelines.codes import check_unique_ids, quantize, sample_batch
-from semrec.schemas import USER_SEQUENCES, check_embedding_schema, check_schema, decode_metadata
+from semrec.data.tokens import token_table_info
+from semrec.schemas import USER_SEQUENCES, check_embedding_schema, check_schema
 
 log = logging.getLogger("semrec.tokenize_users")
 ROWS_PER_PARTITION = 2_000_000
-
-
-def item_tokens_info(tokens: Path) -> dict:
-    """n_items (the largest item id), codebook sizes and quantizer id of a tokenize_items output."""
-    files = parquet_files(Path(tokens) / "token_table", "item token table")
-    meta = decode_metadata(pq.read_schema(files[0]))
-    if not meta.get("codebook_sizes"):
-        raise InputError(f"{files[0]}: no semrec.codebook_sizes metadata (not a semrec token table)")
-    ids = read_table(files, "item token table", columns=["item_id"]).column("item_id")
-    return {"n_items": int(pyarrow_max(ids)), "codebook_sizes": list(meta["codebook_sizes"]),
-            "quantizer_id": meta.get("quantizer_id")}
-
-
-def pyarrow_max(col) -> int:
-    import pyarrow.compute as pc
-
-    return pc.max(col).as_py() or 0
 
 
 def check_encoder(encoder_dir: Path, items: dict) -> dict:
@@ -132,7 +114,7 @@ def tokenize(s: TokenizeUsersSettings, stage: Path) -> dict:
     files = parquet_files(s.sequences, "user_sequences")
     for f in files:  # cheap checks before Ray starts
         check_schema(read_schema(f), USER_SEQUENCES, str(f))
-    items = item_tokens_info(s.item_tokens)
+    items = token_table_info(s.item_tokens)
     items["text_dim"] = None
     if s.model.item_repr == "text":
         emb = parquet_files(s.item_embeddings or Path(s.item_tokens) / "item_embeddings", "item_embeddings")

@@ -19,12 +19,65 @@ from semrec.config.settings import TrainCTRSettings
 from semrec.data.output import job_output
 
 
+def paradigm_spec(s: TrainCTRSettings, meta: dict) -> dict:
+    """The ``build_paradigm`` spec of ``s.paradigm`` over click samples (``meta``: their semrec.* metadata),
+    read from the inputs' metadata and schemas only; refuses inputs that do not fit together."""
+    from semrec.data.tokens import token_table_info
+    from semrec.errors import InputError
+    from semrec.models.ctr.paradigms import ITEM_SIDE, USER_SIDE
+
+    if "n_users" not in meta:
+        raise InputError(f"{s.train_data}: paradigm {s.paradigm} needs click samples with user and item fields "
+                         f"(prepare_data --format clicks), this file has none (fields {meta.get('fields')})")
+    p = s.paradigm
+    base = s.model.spec(0, 2)
+    for k in ("n_features", "n_fields", "embedding_dim"):
+        base.pop(k)
+    m = s.model
+    spec = {"paradigm": p, "base": base, "n_items": int(meta["n_items"]), "n_users": int(meta["n_users"]),
+            "dim": m.embedding_dim, "aggregation": m.aggregation,
+            "encoder": {"layers": m.encoder_layers, "heads": m.encoder_heads, "max_len": m.max_len,
+                        "dropout": m.encoder_dropout}}
+    item_q = None
+    if ITEM_SIDE[p] == "tokens":
+        info = token_table_info(s.item_tokens)
+        if info["n_items"] < spec["n_items"]:
+            raise InputError(f"{s.item_tokens}/token_table covers items 1..{info['n_items']}, the click samples "
+                             f"have items up to {spec['n_items']}")
+        spec["item_sizes"], item_q = info["codebook_sizes"], info["quantizer_id"]
+    if ITEM_SIDE[p] == "text":
+        spec["text_dim"] = _dim(s.item_embeddings or Path(s.item_tokens) / "item_embeddings", "item_embeddings")
+    if USER_SIDE[p] == "tokens":
+        table = Path(s.user_tokens) / "user_token_table"
+        manifest = json.loads((table / "_MANIFEST.json").read_text()) if (table / "_MANIFEST.json").exists() else {}
+        if not manifest.get("codebook_sizes"):
+            raise InputError(f"{table}: no _MANIFEST.json with codebook_sizes (not a tokenize_users output)")
+        spec["user_sizes"] = manifest["codebook_sizes"]
+        if item_q and manifest.get("item_quantizer_id") and manifest["item_quantizer_id"] != item_q:
+            raise InputError(f"{table}: the user tokens were built over item quantizer "
+                             f"{manifest['item_quantizer_id']}, --item_tokens comes from quantizer {item_q}: "
+                             f"tokenize the users with these item tokens")
+    if USER_SIDE[p] == "cached":
+        spec["z_dim"] = _dim(Path(s.user_tokens) / "user_embeddings", "user_embeddings")
+    return spec
+
+
+def _dim(path: Path, what: str) -> int:
+    from semrec.data.io import parquet_files, read_schema
+    from semrec.schemas import check_embedding_schema
+
+    first = parquet_files(path, what)[0]
+    return check_embedding_schema(read_schema(first), str(first), "user_id" if what.startswith("user") else "item_id")
+
+
 def run(s: TrainCTRSettings) -> dict:
-    inputs = [s.train_data, s.test_data, s.run_dir, s.config]
+    inputs = [s.train_data, s.test_data, s.histories, s.item_tokens, s.item_embeddings, s.user_tokens, s.run_dir,
+              s.config]
     with job_output(s.output, "train_ctr", inputs, s.overwrite) as stage:
         report = train(s, stage)
     m = report["metrics"]
-    print(f"{s.model.name}: test AUC {m['test_AUC']:.4f}, logloss {m['test_logloss']:.4f} "
+    ndcg = f", nDCG@5 {m['test_nDCG@5']:.4f}" if "test_nDCG@5" in m else ""
+    print(f"{s.model.name} ({s.paradigm}): test AUC {m['test_AUC']:.4f}, logloss {m['test_logloss']:.4f}{ndcg} "
           f"(best epoch {report['best_epoch'] + 1})")
     print(f"metrics: {Path(s.output).absolute() / 'metrics.json'}")
     return report
@@ -38,7 +91,7 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     from semrec.train.launch import best_state, check_cpus, default_run_name, launch, worker_config
 
     t0 = time.perf_counter()
-    cfg = worker_config(s, ("train_data", "test_data"))
+    cfg = worker_config(s, ("train_data", "test_data", "histories", "item_tokens", "item_embeddings", "user_tokens"))
     # validate both files and the model before starting Ray (clear errors, nothing published)
     train_data = load_ctr(s.train_data, s.n_features)
     test_data = load_ctr(s.test_data, s.n_features)
@@ -49,24 +102,39 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
                          f"{train_data.features.shape[1]}")
     n_features = s.n_features or max(train_data.n_features, test_data.n_features)
     cfg["n_features"] = n_features
-    cfg["model_spec"] = s.model.spec(n_features, train_data.features.shape[1])
-    model = build_ctr(cfg["model_spec"])
+    if s.paradigm == "features":
+        cfg["model_spec"] = s.model.spec(n_features, train_data.features.shape[1])
+        model = build_ctr(cfg["model_spec"])
+    else:
+        from semrec.models.ctr.paradigms import build_paradigm
+
+        if cfg["item_embeddings"] is None and cfg["item_tokens"] is not None:
+            cfg["item_embeddings"] = str(Path(cfg["item_tokens"]) / "item_embeddings")
+        cfg["model_spec"] = paradigm_spec(s, train_data.meta or {})
+        model = build_paradigm(cfg["model_spec"])
     sizes = {"rows_train_file": len(train_data), "rows_test": len(test_data), "fields": train_data.fields}
     del train_data, test_data
     init_ray(s.ray)
     check_cpus(s.train)
-    name = s.run_name or default_run_name(f"ctr-{s.model.name}", {
+    name = s.run_name or default_run_name(f"ctr-{s.model.name}-{s.paradigm}", {
         "train": str(Path(s.train_data).absolute()), "test": str(Path(s.test_data).absolute()),
-        "model": cfg["model_spec"], "settings": cfg["train"], "valid_fraction": s.valid_fraction})
+        "model": cfg["model_spec"], "settings": cfg["train"], "valid_fraction": s.valid_fraction,
+        "inputs": [cfg[k] for k in ("histories", "item_tokens", "item_embeddings", "user_tokens")]})
     result = launch(train_loop, cfg, s.train, s.run_dir, name, s.resume, "AUC")
     final = result.metrics
-    report = {"model": s.model.name, **sizes, "n_features": n_features, "best_epoch": final["best_epoch"],
+    report = {"model": s.model.name, "paradigm": s.paradigm, **sizes, "n_features": n_features, "best_epoch": final["best_epoch"],
               "epochs_run": final["epoch"] + 1, "wall_s": round(time.perf_counter() - t0, 1),
               "train_s": final["train_s"], "workers": s.train.num_workers, "run_name": name,
               "params": sum(p.numel() for p in model.parameters()),
+              **(model.representation_bytes() if hasattr(model, "representation_bytes") else {}),
               "metrics": {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}}
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    save_pretrained(model, stage / "model", best_state(result.checkpoint))
+    if s.paradigm == "features":
+        save_pretrained(model, stage / "model", best_state(result.checkpoint))
+    else:
+        from semrec.models.ctr.paradigms import save_pretrained as save_paradigm
+
+        save_paradigm(model, stage / "model", best_state(result.checkpoint))
     write_effective(s, stage / "effective_config.json")
     return report
 

@@ -1,21 +1,93 @@
-"""The CTR family (LR, DCN, DeepFM, FinalMLP over categorical feature ids) on the shared training engine
-(``semrec.train.engine``). Rows are held in memory (CTR sample tables of the sizes we test on); each
-epoch's order is a permutation keyed by (seed, epoch) and global batch k is split over the ranks, as
-in the sequential family. Evaluation is sharded; AUC is reduced exactly through score histograms
-(``semrec.eval.metrics.score_histograms``)."""
+"""The CTR family on the shared training engine (``semrec.train.engine``): LR, DCN, DeepFM, FinalMLP over
+categorical feature ids (paradigm ``features``), or over (user, item) representations of a UIST Table 2
+paradigm (``semrec.models.ctr.paradigms``) on click impressions (``prepare_data --format clicks``).
+
+Rows are held in memory (CTR sample tables of the sizes we test on); each epoch's order is a permutation
+keyed by (seed, epoch) and global batch k is split over the ranks, as in the sequential family. The
+validation split is a fixed hash of the impression (of the row when the file has no impressions), so an
+impression's candidates stay together. Evaluation is sharded by impression; AUC is reduced exactly
+through score histograms (``semrec.eval.metrics.score_histograms``) and nDCG@5 is the mean over
+impressions of 1 / log2(1 + rank of the click among its candidates) (pessimistic ties).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from semrec.data.ctr import hash_split, load_ctr
+from semrec.data.ctr import CTRData, hash_split, load_ctr
 from semrec.eval.metrics import NonFiniteScores, auc_from_histograms, score_histograms
-from semrec.models.ctr.layers import FeatureEmbedding
 from semrec.models.ctr.models import build_ctr
 
 SPLIT_SEED = 7  # the hash split of train_data into train / valid (fixed: a changed seed is another dataset)
+
+
+def split_rows(data: CTRData, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, valid rows): a hash split of the impressions (or of the rows)."""
+    if data.impressions is None:
+        return hash_split(len(data), fraction, SPLIT_SEED)
+    uniq, inverse = np.unique(data.impressions, return_inverse=True)
+    _, held = hash_split(int(uniq.max()) + 1, fraction, SPLIT_SEED)
+    is_held = np.isin(uniq, held)[inverse]
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def ndcg_sums(impressions: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = 5) -> tuple[float, int]:
+    """(sum over impressions of nDCG@k of the click, impressions): rank = 1 + candidates of the same impression
+    scoring >= the click (pessimistic ties); impressions without exactly one click are skipped."""
+    if not len(impressions):
+        return 0.0, 0
+    uniq, inv = np.unique(impressions, return_inverse=True)
+    clicks = np.bincount(inv, weights=labels, minlength=len(uniq))
+    pos_score = np.full(len(uniq), np.nan)
+    pos_score[inv[labels == 1]] = scores[labels == 1]
+    beats = (labels == 0) & (scores >= pos_score[inv])
+    rank = 1 + np.bincount(inv, weights=beats, minlength=len(uniq))
+    ok = clicks == 1
+    gain = np.where(rank <= k, 1.0 / np.log2(rank + 1), 0.0)
+    return float(gain[ok].sum()), int(ok.sum())
+
+
+class ParadigmInputs:
+    """Per-row (user row, item id) of click samples and the per-user / per-item tables a paradigm reads."""
+
+    def __init__(self, config: dict):
+        from semrec.data.sequences import load_sequences
+        from semrec.data.tokens import load_text_embeddings, load_token_codes, load_user_codes, load_user_vectors
+        from semrec.models.ctr.paradigms import ITEM_SIDE, USER_SIDE
+
+        spec, p = config["model_spec"], config["paradigm"]
+        self.n_users, self.n_items, self.max_len = spec["n_users"], spec["n_items"], spec["encoder"]["max_len"]
+        self.histories = load_sequences(config["histories"], self.n_items, 1, "a user representation").rows
+        users = self.histories.user_ids
+        self.assets: dict[str, torch.Tensor] = {}
+        if ITEM_SIDE[p] == "tokens":
+            self.assets["item_codes"] = torch.from_numpy(load_token_codes(Path(config["item_tokens"]), self.n_items,
+                                                                          use_suffix=False)[0])
+        if ITEM_SIDE[p] == "text":
+            self.assets["text"] = torch.from_numpy(load_text_embeddings(Path(config["item_embeddings"]), self.n_items))
+        if USER_SIDE[p] == "tokens":
+            codes, _, _ = load_user_codes(Path(config["user_tokens"]) / "user_token_table", users)
+            self.assets["user_codes"] = torch.from_numpy(codes)
+        if USER_SIDE[p] == "cached":
+            self.assets["z"] = torch.from_numpy(load_user_vectors(Path(config["user_tokens"]) / "user_embeddings", users))
+        self.needs_history = USER_SIDE[p] == "encoder"
+
+    def batch(self, data: CTRData, rows: np.ndarray):
+        from semrec.data.seqbatch import left_pad
+
+        users = data.features[rows, 0]
+        items = data.features[rows, 1] - self.n_users
+        if self.needs_history:
+            h = self.histories.take(users)
+            hist = left_pad(h.flat, h.offsets[:-1], h.lengths, self.max_len)
+        else:
+            hist = np.zeros((len(rows), 0), dtype=np.int64)
+        return users, items, hist, data.labels[rows]
 
 
 class CTRFamily:
@@ -24,35 +96,49 @@ class CTRFamily:
     def __init__(self, config: dict):
         self.config, self.t = config, config["train"]
         data = load_ctr(config["train_data"], config["n_features"])
-        keep, held = hash_split(len(data), config["valid_fraction"], SPLIT_SEED)
+        keep, held = split_rows(data, config["valid_fraction"])
         self.splits = {"train": data.take(keep), "valid": data.take(held),
                        "test": load_ctr(config["test_data"], config["n_features"])}
+        self.inputs = ParadigmInputs(config) if config["paradigm"] != "features" else None
 
     def build(self):
-        return build_ctr(self.config["model_spec"])
+        if self.inputs is None:
+            return build_ctr(self.config["model_spec"])
+        from semrec.models.ctr.paradigms import build_paradigm
+
+        return build_paradigm(self.config["model_spec"], self.inputs.assets)
+
+    def _batch(self, data: CTRData, rows: np.ndarray):
+        if self.inputs is None:
+            return data.features[rows], data.labels[rows]
+        return self.inputs.batch(data, rows)
 
     def batches(self, epoch: int, rank: int, world: int):
         train, gbs = self.splits["train"], self.t["batch_size"]
         order = np.random.default_rng([self.t["seed"], epoch]).permutation(len(train))
         for start in range(0, len(order), gbs):
-            mine = order[start:start + gbs][rank::world]
-            yield train.features[mine], train.labels[mine]
+            yield self._batch(train, order[start:start + gbs][rank::world])
 
     def empty_batch(self):
-        return np.zeros((0, self.splits["train"].features.shape[1]), np.int64), np.zeros(0, np.float32)
+        return self._batch(self.splits["train"], np.zeros(0, dtype=np.int64))
 
     def size(self, batch) -> int:
-        return len(batch[1])
+        return len(batch[-1])
+
+    @staticmethod
+    def logits(model, batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        return model(*(torch.from_numpy(a).to(device) for a in batch[:-1]))
 
     def loss(self, model, batch) -> torch.Tensor:
         """Summed BCE + the embedding L2 penalty weighted by this rank's rows: after the engine's scaling by
         world / global rows and DDP's mean over ranks, that is mean BCE + penalty, however rows split."""
-        device = next(model.parameters()).device
-        x, y = (torch.from_numpy(a).to(device) for a in batch)
-        loss = F.binary_cross_entropy_with_logits(model(x), y, reduction="sum")
+        y = torch.from_numpy(batch[-1]).to(next(model.parameters()).device)
+        loss = F.binary_cross_entropy_with_logits(self.logits(model, batch), y, reduction="sum")
         l2 = self.config["model"]["embedding_l2"]
-        if l2:
-            tables = [m.table.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
+        if l2:  # every embedding table (feature ids, ID tables, token tables), not positions
+            tables = [m.weight for name, m in model.named_modules()
+                      if isinstance(m, nn.Embedding) and not name.endswith("pos")]
             loss = loss + len(y) * l2 / 2 * sum(w.pow(2).sum() for w in tables)
         return loss
 
@@ -61,28 +147,43 @@ class CTRFamily:
         was = model.training
         model.eval()
         data = self.splits[split]
-        rows = np.arange(rank, len(data), world)
-        device = next(model.parameters()).device
-        logloss, pos, neg = 0.0, 0.0, 0.0
-        for i in range(0, len(rows), 65_536):
-            r = rows[i:i + 65_536]
-            logits = model(torch.from_numpy(data.features[r]).to(device))
+        if data.impressions is None:
+            rows = np.arange(rank, len(data), world)
+        else:  # whole impressions per rank (nDCG ranks candidates of one impression)
+            rows = np.flatnonzero(data.impressions % world == rank)
+        logloss, pos, neg, ndcg, imps = 0.0, 0.0, 0.0, 0.0, 0
+        cuts = np.arange(65_536, len(rows), 65_536)
+        if data.impressions is not None:  # chunks end where an impression starts: never cut one in two
+            starts = np.append(np.flatnonzero(np.diff(data.impressions[rows]) != 0) + 1, len(rows))
+            cuts = np.unique(starts[np.searchsorted(starts, cuts)])
+        bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]]))
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            r = rows[a:b]
+            logits = self.logits(model, self._batch(data, r))
             if not torch.isfinite(logits).all():
                 bad = int(r[int((~torch.isfinite(logits)).nonzero()[0, 0])])
                 raise NonFiniteScores(f"{split} CTR logits: non-finite (NaN/inf) for {split} row {bad}; the model "
                                       f"diverged (lower --train.lr, check the inputs)")
-            y = torch.from_numpy(data.labels[r]).to(device)
+            y = torch.from_numpy(data.labels[r]).to(logits.device)
             logloss += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum"))
-            p, n = score_histograms(data.labels[r], torch.sigmoid(logits).cpu().numpy())
+            s = torch.sigmoid(logits).cpu().numpy()
+            p, n = score_histograms(data.labels[r], s)
             pos, neg = pos + p, neg + n
+            if data.impressions is not None:
+                g, c = ndcg_sums(data.impressions[r], data.labels[r], logits.cpu().numpy())
+                ndcg, imps = ndcg + g, imps + c
         model.train(was)
         if not len(rows):
             pos, neg = score_histograms(np.zeros(0), np.zeros(0))
-        return {"logloss": logloss, "pos_hist": pos, "neg_hist": neg, "count": len(rows)}
+        return {"logloss": logloss, "pos_hist": pos, "neg_hist": neg, "ndcg5": ndcg, "impressions": imps,
+                "count": len(rows)}
 
     def finalize(self, sums: dict, count: float) -> dict[str, float]:
-        return {"AUC": auc_from_histograms(sums["pos_hist"], sums["neg_hist"]),
-                "logloss": sums["logloss"] / max(count, 1.0)}
+        out = {"AUC": auc_from_histograms(sums["pos_hist"], sums["neg_hist"]),
+               "logloss": sums["logloss"] / max(count, 1.0)}
+        if sums["impressions"]:
+            out["nDCG@5"] = sums["ndcg5"] / sums["impressions"]
+        return out
 
 
 def train_loop(config: dict) -> None:
