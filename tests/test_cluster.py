@@ -60,6 +60,27 @@ def test_submit_with_relative_paths_tokenizes_on_an_authenticated_head(head, tmp
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")], "no staging or lock left"
 
 
+def test_submit_tokenizes_users_on_the_head(head, tmp_path):
+    """tokenize_users through `ray job submit`: Ray Train fits the autoencoder on the cluster, an actor pool
+    encodes every user, the quantizer assigns the codes."""
+    from semrec.data.synthetic import World, sequence_shard
+    from test_tokenize_users import item_tokens
+
+    (tmp_path / "data" / "seqs").mkdir(parents=True)
+    write_table(sequence_shard(World(seed=1, topics=8), 1, 301, 400, mean_length=8),
+                tmp_path / "data" / "seqs" / "part-0.parquet")
+    item_tokens(tmp_path / "data" / "tokens", 400)
+    r = run([ROOT / "jobs" / "submit.py", "--address", head["address"], "--token-file", head["token_file"],
+             "--", "python", "jobs/tokenize_users.py", "--sequences", "data/seqs", "--item_tokens", "data/tokens",
+             "--output", "out/users", "--run_dir", "out/runs", "--model.hidden", "16", "--model.item_dim", "16",
+             "--model.layers", "1", "--train.epochs", "2", "--train.cpus_per_worker", "0.5", *JOB_FLAGS],
+            cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "user token table:" in r.stdout
+    t = pq.read_table(tmp_path / "out" / "users" / "user_token_table")
+    assert t.num_rows == 300 and t.schema.names[0] == "user_id"
+
+
 def test_the_head_refuses_clients_without_the_token(head, tmp_path):
     from ray.job_submission import JobSubmissionClient
 

@@ -26,10 +26,11 @@ EXCLUDES = [".venv", ".git", "out", "data", "*.egg-info", ".benchmarks", "__pyca
 
 
 def _jobs() -> dict:
-    from semrec.config.settings import PrepareDataSettings, TokenizeItemsSettings, TrainSeqRecSettings
+    from semrec.config.settings import (PrepareDataSettings, TokenizeItemsSettings, TokenizeUsersSettings,
+                                        TrainCTRSettings, TrainSeqRecSettings)
 
-    return {"tokenize_items": TokenizeItemsSettings, "train_seqrec": TrainSeqRecSettings,
-            "prepare_data": PrepareDataSettings}
+    return {"tokenize_items": TokenizeItemsSettings, "tokenize_users": TokenizeUsersSettings,
+            "train_seqrec": TrainSeqRecSettings, "train_ctr": TrainCTRSettings, "prepare_data": PrepareDataSettings}
 
 
 def absolute_paths(entrypoint: list[str], cwd: Path | None = None) -> list[str]:
