@@ -138,3 +138,38 @@ def test_inputs_that_do_not_fit_fail_clearly(clicks, tmp_path, capsys):
     rc = main([str(a) for a in ["--train_data", clicks / "histories", "--test_data", clicks / "test",
                                 "--histories", clicks / "histories", "--paradigm", "id-id", "--output", tmp_path / "o"]])
     assert rc != 0
+
+
+def test_ndcg_sums_match_a_per_impression_loop():
+    from semrec.train.ctr import ndcg_sums
+
+    rng = np.random.default_rng(0)
+    imp = np.repeat(np.arange(200), 5)
+    labels = np.tile([1, 0, 0, 0, 0], 200).astype(np.float32)
+    scores = rng.integers(0, 4, size=1000).astype(np.float64)  # many ties: pessimistic
+    total, n = ndcg_sums(imp, labels, scores)
+    ref = 0.0
+    for i in range(200):
+        s = scores[i * 5:(i + 1) * 5]
+        rank = 1 + int((s[1:] >= s[0]).sum())
+        ref += 1 / np.log2(rank + 1)
+    assert n == 200 and total == pytest.approx(ref)
+
+
+@pytest.mark.realdata
+def test_movielens_clicks_use_ratings_of_4_and_more(tmp_path):
+    from helpers import shared
+
+    from semrec.pipelines.prepare_data import main as prepare
+
+    assert prepare(["--format", "movielens", "--input", str(shared("movielens_100k")), "--output",
+                    str(tmp_path / "ml")]) == 0
+    assert prepare(["--format", "clicks", "--input", str(tmp_path / "ml"), "--min_rating", "4", "--output",
+                    str(tmp_path / "clicks")]) == 0
+    inter = pq.read_table(tmp_path / "ml" / "interactions").to_pandas()
+    liked = set(zip(inter.user_id[inter.label >= 4], inter.item_id[inter.label >= 4]))
+    test = pq.read_table(tmp_path / "clicks" / "test").to_pandas()
+    clicks = test[test.label == 1]
+    assert len(clicks) == test.user_id.nunique() == pq.read_table(tmp_path / "clicks" / "histories").num_rows
+    assert all((u, i) in liked for u, i in zip(clicks.user_id, clicks.item_id))
+    assert pq.read_table(tmp_path / "clicks" / "items").num_rows == 1682

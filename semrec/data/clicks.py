@@ -79,9 +79,10 @@ def build_clicks(rows: RowBatch, n_items: int, negatives: int = 4, history_fract
 
 def clicks_from(inputs: list, negatives: int, history_fraction: float, seed: int,
                 min_rating: int | None = None) -> dict[str, pa.Table]:
-    """``prepare_data --format clicks``: the input is an earlier prepare_data output folder (its
-    ``user_sequences``, or with ``min_rating`` its ``interactions`` of label >= min_rating in time order;
-    its ``items`` give the catalogue size and are passed through for the item tokenizer)."""
+    """``prepare_data --format clicks``: the inputs are earlier prepare_data output folders (or a
+    user_sequences path): their ``user_sequences``, or with ``min_rating`` their ``interactions`` of label
+    >= min_rating in time order; their ``items`` give the catalogue size and are passed through for the
+    item tokenizer."""
     from pathlib import Path
 
     import pyarrow.compute as pc
@@ -89,12 +90,19 @@ def clicks_from(inputs: list, negatives: int, history_fraction: float, seed: int
     from semrec.data.io import parquet_files, read_table
     from semrec.data.sequences import load_sequences
 
-    if len(inputs) != 1:
-        raise InputError("format clicks: give one --input, a prepare_data output folder (or a user_sequences path)")
+    def find(name: str) -> Path | None:
+        return next((Path(p) / name for p in inputs if (Path(p) / name).exists()), None)
+
+    if not inputs:
+        raise InputError("format clicks: give --input, prepare_data output folder(s) with user_sequences (or "
+                         "interactions) and optionally items")
     src = Path(inputs[0])
-    items = read_table(parquet_files(src / "items", "items"), "items") if (src / "items").exists() else None
+    items_dir = find("items")
+    items = read_table(parquet_files(items_dir, "items"), "items") if items_dir else None
     if min_rating is not None:
-        t = read_table(parquet_files(src / "interactions", "interactions"), "interactions",
+        if find("interactions") is None:
+            raise InputError(f"--min_rating: no interactions/ folder in {', '.join(map(str, inputs))}")
+        t = read_table(parquet_files(find("interactions"), "interactions"), "interactions",
                        columns=["user_id", "item_id", "timestamp", "label"])
         t = t.filter(pc.greater_equal(t.column("label"), min_rating))
         t = t.take(pc.sort_indices(t, [("user_id", "ascending"), ("timestamp", "ascending"), ("item_id", "ascending")]))
@@ -103,7 +111,7 @@ def clicks_from(inputs: list, negatives: int, history_fraction: float, seed: int
                         t.column("item_id").to_numpy().astype(np.int64))
         rows = rows.take(np.flatnonzero(rows.lengths >= 2))
     else:
-        seq = src / "user_sequences" if (src / "user_sequences").exists() else src
+        seq = find("user_sequences") or src
         rows = load_sequences(seq, None, 2, "an impression").rows
     n_items = int(pc.max(items.column("item_id")).as_py()) if items is not None else int(rows.flat.max())
     if rows.flat.max() > n_items:
