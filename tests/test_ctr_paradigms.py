@@ -13,9 +13,9 @@ from semrec.data.clicks import build_clicks
 from semrec.data.io import write_manifest, write_table
 from semrec.data.sequences import load_sequences
 from semrec.data.synthetic import write_sequences
-from semrec.models.ctr.paradigms import PARADIGMS, from_pretrained
+from semrec.models.ctr.paradigms import from_pretrained
 from semrec.pipelines.train_ctr import main
-from semrec.schemas import encode_metadata, token_table_schema
+from semrec.schemas import token_table_schema
 from test_tokenize_users import item_tokens
 
 N_ITEMS, TOPICS = 400, 8
