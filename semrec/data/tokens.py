@@ -101,12 +101,27 @@ def _lookup(ids: np.ndarray, wanted: np.ndarray, path: Path, key: str) -> np.nda
 
 def token_table_info(tokens: Path) -> dict:
     """n_items (the largest item id), codebook sizes and quantizer id of a tokenize_items output folder."""
-    import pyarrow.compute as pc
-
     files = parquet_files(Path(tokens) / "token_table", "item token table")
     meta = decode_metadata(pq.read_schema(files[0]))
     if not meta.get("codebook_sizes"):
         raise InputError(f"{files[0]}: no semrec.codebook_sizes metadata (not a semrec token table)")
-    ids = read_table(files, "item token table", columns=["item_id"]).column("item_id")
-    return {"n_items": int(pc.max(ids).as_py() or 0), "codebook_sizes": list(meta["codebook_sizes"]),
+    return {"n_items": _max_id(files, "item_id"), "codebook_sizes": list(meta["codebook_sizes"]),
             "quantizer_id": meta.get("quantizer_id")}
+
+
+def _max_id(files: list[Path], column: str) -> int:
+    """The largest ``column`` value from the Parquet footers' row-group statistics (no data read; a file
+    written without statistics falls back to reading that column of that file)."""
+    import pyarrow.compute as pc
+
+    best = 0
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        idx = md.schema.to_arrow_schema().get_field_index(column)
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(idx).statistics
+            if st is None or not st.has_min_max:
+                best = max(best, int(pc.max(read_table([f], "token table", columns=[column]).column(column)).as_py() or 0))
+                break
+            best = max(best, int(st.max))
+    return best
