@@ -43,6 +43,9 @@ SMALL = ["--model.embedding_dim", "16", "--model.hidden", "[128,128]", "--model.
 # item / user quantizers per dataset (MovieLens: 1,682 items, ~900 users: smaller codebooks)
 ITEM_Q = {"beauty": ["--quantizer.codebook_size", "256"], "movielens": ["--quantizer.codebook_size", "64"]}
 USER_Q = {"beauty": ["--quantizer.codebook_size", "256"], "movielens": ["--quantizer.codebook_size", "32"]}
+# user encoders read the last max_len history items: Beauty histories are short (median 3; 98.9% <= 20), so 20
+# instead of the default 50 (2.5x fewer positions per sample, the same information for 98.9% of users)
+HISTORY = {"beauty": ["--model.max_len", "20"], "movielens": []}
 
 
 def _done(path: Path) -> bool:
@@ -114,7 +117,7 @@ def run_ctr(dataset: str, model: str, paradigm: str, seed: int, extra: tuple[str
         args = ["--train_data", d / "train", "--test_data", d / "test", "--histories", d / "histories",
                 "--item_tokens", item_tokens(dataset), "--paradigm", paradigm, "--model.name", model,
                 "--train.seed", seed, "--output", out, "--run_dir", WORK / "ray_train", "--run_name", name,
-                "--overwrite", *SMALL, *extra]
+                "--overwrite", *SMALL, *HISTORY[dataset], *extra]
         if paradigm in ("uist", "emb-cached") and "--user_tokens" not in extra:
             args += ["--user_tokens", user_tokens(dataset)]
         assert train_ctr([str(a) for a in args]) == 0
