@@ -54,7 +54,7 @@ def test_user_tokenization_at_scale(benchmark, ray_local, users):
     args = ["--sequences", str(seqs), "--item_tokens", str(_item_tokens()), "--output", str(out), "--overwrite",
             "--run_dir", str(WORK / "ray_train"), "--run_name", f"users{users}", "--model.hidden", "32",
             "--model.item_dim", "32", "--model.layers", "1", "--model.max_len", "20", "--train.epochs", "2",
-            "--train.batch_size", "512", "--fit_users", "100000", "--keep_embeddings", "false", "--no-plots",
+            "--train.batch_size", "512", "--fit_users", "100000", "--no-keep_embeddings", "--no-plots",
             "--ray.batch_size", "4096"]
 
     def job():
