@@ -193,12 +193,19 @@ class PrepareDataSettings(JobSettings):
     embedding_dim: int = Field(0, ge=0, description="synthetic: also write item_embeddings of this size")
     text: bool = Field(True, description="synthetic: generate item text")
     rows_per_shard: int = Field(1_000_000, ge=1, description="synthetic: rows per Parquet file / Ray task")
+    long_length: int = Field(0, ge=0, description="synthetic: long behaviour sequences of this length with planted "
+                                                  "far-back long-term interests (DMQN data; 0 = short sequences)")
+    future: int = Field(10, ge=1, description="synthetic long sequences: behaviours after the long_length ones "
+                                              "(use --impressions with the same number in --format clicks)")
     seed: int = Field(0, description="synthetic / clicks: seed")
     negatives: int = Field(4, ge=1, description="clicks: sampled non-clicked items per click")
     history_fraction: float = Field(0.5, gt=0, lt=1, description="clicks: share of each user's items kept as the "
                                                                  "fixed history; later items become impressions")
     min_rating: int | None = Field(None, description="clicks: build sequences from the input's interactions with "
                                                      "label >= min_rating (MovieLens: 4)")
+    impressions: int | None = Field(None, ge=1, description="clicks: the last N items of each user are the "
+                                                            "impressions and everything before is the history "
+                                                            "(long sequences), instead of --history_fraction")
     ray: RaySettings = RaySettings()
 
 
@@ -317,6 +324,15 @@ class CTRModelSettings(Section):
                                                     "embedding_dim)")
     max_len: int = Field(50, ge=1, description="paradigms with a user encoder: last history items read")
     encoder_dropout: float = Field(0.1, ge=0, lt=1, description="paradigms with a user encoder: dropout")
+    codebooks: int = Field(4, ge=1, description="dmqn: independent codebooks (N)")
+    codewords: int = Field(32, ge=2, description="dmqn: codewords per codebook (W); N x W interest clusters")
+    hstu_layers: int = Field(1, ge=1, description="dmqn: HSTU layers over the clusters (dmqn-simple: none)")
+    hstu_heads: int = Field(1, ge=1, description="dmqn: HSTU heads (divide embedding_dim)")
+    tau0: float = Field(1.0, gt=0, description="dmqn: initial Gumbel-softmax temperature")
+    tau_min: float = Field(0.1, gt=0, description="dmqn: final Gumbel-softmax temperature")
+    anneal_steps: int = Field(2000, ge=1, description="dmqn: tau = max(tau_min, tau0 * exp(-step / anneal_steps))")
+    top_k: int = Field(50, ge=1, description="sim-hard: behaviours retrieved from the candidate's category")
+    din_hidden: list[int] = Field([64, 32], description="din / sim-hard: activation-unit MLP widths")
     embedding_l2: float | None = Field(None, ge=0, description="L2 penalty (coefficient / 2 x squared norm) on the "
                                                                "whole feature-embedding tables each step, as "
                                                                "FuxiCTR's embedding_regularizer (default: 0.05; "
@@ -357,16 +373,20 @@ class TrainCTRSettings(JobSettings):
     train_data: Path = Field(..., description="ctr_samples Parquet to train on (prepare_data.py --format libfm, or "
                                               "the train/ of --format clicks)")
     test_data: Path = Field(..., description="ctr_samples Parquet to test on")
-    paradigm: Literal["features", "id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist"] = Field(
+    paradigm: Literal["features", "id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist", "din", "sim-hard",
+                      "dmqn", "dmqn-simple"] = Field(
         "features", description="features: the CTR model over the samples' feature ids (Frappe); otherwise how "
                                 "items / users are represented (UIST Table 2; click data of --format clicks): "
                                 "id-id (a)/(e), id-enc (a)/(f), emb-enc (c)/(f), emb-cached (c)/(g), ist (d)/(f), "
-                                "uist (d)/(h)")
+                                "uist (d)/(h); long behaviour sequences (the last --model.max_len): din, sim-hard "
+                                "(needs item categories), dmqn, dmqn-simple")
     histories: Path | None = Field(None, description="paradigms: the histories/ of --format clicks (user rows; "
                                                       "what the user encoder reads)")
     item_tokens: Path | None = Field(None, description="paradigms ist/uist: tokenize_items output (token_table/); "
                                                        "emb-*: its item_embeddings/ unless --item_embeddings")
     item_embeddings: Path | None = Field(None, description="paradigms emb-*: item_embeddings Parquet")
+    items: Path | None = Field(None, description="paradigm sim-hard: items table whose first category is the "
+                                                 "search key (default: items/ beside --histories)")
     user_tokens: Path | None = Field(None, description="paradigms uist / emb-cached: tokenize_users output over "
                                                        "--histories (user_token_table/, user_embeddings/)")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of train_data rows held out for early "
@@ -402,6 +422,9 @@ class TrainCTRSettings(JobSettings):
         if p in ("id-enc", "emb-enc", "ist") and self.model.embedding_dim % self.model.encoder_heads:
             raise ValueError(f"model.embedding_dim={self.model.embedding_dim} is not divisible by "
                              f"model.encoder_heads={self.model.encoder_heads}")
+        if p.startswith("dmqn") and self.model.embedding_dim % self.model.hstu_heads:
+            raise ValueError(f"model.embedding_dim={self.model.embedding_dim} is not divisible by "
+                             f"model.hstu_heads={self.model.hstu_heads}")
         return self
 
 

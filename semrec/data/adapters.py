@@ -219,13 +219,17 @@ def mind(news_path: str | Path | None = None, behaviors_path: str | Path | None 
 
 
 def taobao_userbehavior(csv_path: str | Path) -> dict[str, pa.Table]:
-    """UserBehavior.csv: ``user,item,category,behavior,timestamp`` (no header).
+    """UserBehavior.csv: ``user,item,category,behavior,timestamp`` (no header) -> interactions,
+    user_sequences (time order) and items (``categories`` = [category id]; no text).
 
+    Item ids are made dense, 1..N in the order of the raw ids (the raw catalogue has ids up to ~5M for
+    ~55k items in the shared head), so ID tables and sampled negatives cover real items only.
     A truncated *last* line (the shared sample ends mid-row) is dropped with a warning; any other
     malformed line is an error.
     """
     p = Path(csv_path)
     cols = defaultdict(list)
+    category: dict[int, int] = {}
     lines = list(_lines(p))
     for lineno, line in lines:
         f = line.rstrip("\n").split(",")
@@ -239,13 +243,19 @@ def taobao_userbehavior(csv_path: str | Path) -> dict[str, pa.Table]:
         cols["item_id"].append(int(f[1]))
         cols["event"].append(f[3])
         cols["timestamp"].append(int(f[4]))
+        category.setdefault(int(f[1]), int(f[2]))
+    raw = sorted(category)
+    dense = {r: i + 1 for i, r in enumerate(raw)}
+    cols["item_id"] = [dense[i] for i in cols["item_id"]]
     inter = _table(INTERACTIONS, cols)
     order = sorted(range(inter.num_rows), key=lambda r: (cols["user_id"][r], cols["timestamp"][r]))
     seqs, ts = defaultdict(list), defaultdict(list)
     for r in order:
         seqs[cols["user_id"][r]].append(cols["item_id"][r])
         ts[cols["user_id"][r]].append(cols["timestamp"][r])
-    return {"interactions": inter, "user_sequences": sequences_table(seqs, ts)}
+    items = _table(ITEMS, {"item_id": list(range(1, len(raw) + 1)), "title": [None] * len(raw),
+                           "categories": [[str(category[r])] for r in raw]})
+    return {"interactions": inter, "user_sequences": sequences_table(seqs, ts), "items": items}
 
 
 FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]

@@ -2,7 +2,8 @@
 
 Per user with chronological items s (length n):
 
-- a fixed **history** H = s[:h], h = max(1, ceil(n * history_fraction)): what every user representation
+- a fixed **history** H = s[:h], h = max(1, ceil(n * history_fraction)) (or h = n - impressions for long
+  sequences: every earlier behaviour is history): what every user representation
   (user ID aside) is computed from — the user encoder in the CTR model, the cached z and the user tokens
   of ``tokenize_users`` — so no representation sees an impression's click;
 - one **impression** per later position p >= h: the real item s[p] (click, label 1) and ``negatives``
@@ -25,8 +26,10 @@ from semrec.schemas import CTR_SAMPLES, USER_SEQUENCES, encode_metadata
 
 
 def build_clicks(rows: RowBatch, n_items: int, negatives: int = 4, history_fraction: float = 0.5,
-                 seed: int = 0) -> dict[str, pa.Table]:
-    """``rows`` sorted by user id -> {"histories": user_sequences, "train": ctr_samples, "test": ctr_samples}."""
+                 seed: int = 0, impressions: int | None = None) -> dict[str, pa.Table]:
+    """``rows`` sorted by user id -> {"histories": user_sequences, "train": ctr_samples, "test": ctr_samples}.
+    ``impressions``: the last N items of each user are impressions (history = the rest, at least 1 item)
+    instead of the ``history_fraction`` split."""
     if len(rows) == 0:
         raise InputError("no users to build impressions from")
     n = rows.lengths
@@ -36,7 +39,7 @@ def build_clicks(rows: RowBatch, n_items: int, negatives: int = 4, history_fract
     if n_items - n.max() < negatives:
         raise InputError(f"a catalogue of {n_items} items leaves fewer than {negatives} negatives for user "
                          f"{rows.user_ids[int(np.argmax(n))]} ({n.max()} items)")
-    h = np.maximum(1, np.ceil(n * history_fraction).astype(np.int64))
+    h = np.maximum(1, n - impressions if impressions else np.ceil(n * history_fraction).astype(np.int64))
     h = np.minimum(h, n - 1)  # at least the test impression
     starts = rows.offsets[:-1]
     hist = RowBatch(rows.user_ids, np.concatenate([[0], np.cumsum(h)]).astype(np.int64),
@@ -53,7 +56,7 @@ def build_clicks(rows: RowBatch, n_items: int, negatives: int = 4, history_fract
     u = len(rows)
     meta = {"table": "ctr_samples", "n_features": u + n_items + 1, "fields": ["user", "item"],
             "n_items": n_items, "n_users": u, "negatives": negatives, "history_fraction": history_fraction,
-            "seed": seed}
+            "impressions": impressions, "seed": seed}
 
     def samples(mask: np.ndarray) -> pa.Table:
         imp = np.flatnonzero(mask)
@@ -78,7 +81,7 @@ def build_clicks(rows: RowBatch, n_items: int, negatives: int = 4, history_fract
 
 
 def clicks_from(inputs: list, negatives: int, history_fraction: float, seed: int,
-                min_rating: int | None = None) -> dict[str, pa.Table]:
+                min_rating: int | None = None, impressions: int | None = None) -> dict[str, pa.Table]:
     """``prepare_data --format clicks``: the inputs are earlier prepare_data output folders (or a
     user_sequences path): their ``user_sequences``, or with ``min_rating`` their ``interactions`` of label
     >= min_rating in time order; their ``items`` give the catalogue size and are passed through for the
@@ -116,7 +119,7 @@ def clicks_from(inputs: list, negatives: int, history_fraction: float, seed: int
     n_items = int(pc.max(items.column("item_id")).as_py()) if items is not None else int(rows.flat.max())
     if rows.flat.max() > n_items:
         raise InputError(f"{src}: item id {rows.flat.max()} is outside the items table (1..{n_items})")
-    out = build_clicks(rows, n_items, negatives, history_fraction, seed)
+    out = build_clicks(rows, n_items, negatives, history_fraction, seed, impressions)
     if items is not None:
         out["items"] = items
     return out

@@ -1,9 +1,11 @@
-"""Item text composition for the embedding stage."""
+"""Item text composition for the embedding stage; item categories as integer keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 
 from semrec.errors import InputError
@@ -38,3 +40,27 @@ def compose_texts(batch: pa.Table, fields: list[str] | tuple[str, ...] = DEFAULT
             parts.append(f"item {iid}")
         texts.append(". ".join(parts))
     return texts
+
+
+def load_item_categories(path: str | Path, n_items: int) -> np.ndarray:
+    """(n_items + 1,) int32: each item's first category as an integer key (1..), 0 for row 0 and items
+    without a category. Refuses item ids outside 1..n_items, naming the file."""
+    import pyarrow.compute as pc
+
+    from semrec.data.io import parquet_files, read_table
+
+    files = parquet_files(path, "items")
+    t = read_table(files, "items", columns=["item_id", "categories"])
+    ids = t.column("item_id").to_numpy()
+    bad = (ids < 1) | (ids > n_items)
+    if bad.any():
+        raise InputError(f"{path}: item_id {int(ids[np.argmax(bad)])} is outside the click samples' catalogue "
+                         f"1..{n_items}")
+    cats = t.column("categories")
+    first = pc.if_else(pc.greater(pc.fill_null(pc.list_value_length(cats), 0), 0),
+                       pc.list_element(pc.fill_null(cats, pa.scalar([], cats.type)), 0), None) if len(t) else cats
+    codes = pc.dictionary_encode(first).combine_chunks() if len(t) else None
+    out = np.zeros(n_items + 1, dtype=np.int32)
+    if codes is not None:
+        out[ids] = pc.fill_null(pc.add(codes.indices.cast(pa.int32()), 1), 0).to_numpy(zero_copy_only=False)
+    return out

@@ -36,12 +36,13 @@ def run(s: PrepareDataSettings) -> dict:
                 counts["item_embeddings"] = s.items
             if s.users:
                 write_sequences(stage / "user_sequences", s.users, s.items, seed=s.seed,
-                                rows_per_shard=s.rows_per_shard)
+                                rows_per_shard=s.rows_per_shard, long_length=s.long_length, future=s.future)
                 counts["user_sequences"] = s.users
         elif s.format == "clicks":
             from semrec.data.clicks import clicks_from
 
-            for name, table in clicks_from(s.input, s.negatives, s.history_fraction, s.seed, s.min_rating).items():
+            for name, table in clicks_from(s.input, s.negatives, s.history_fraction, s.seed, s.min_rating,
+                                           s.impressions).items():
                 (stage / name).mkdir()
                 write_table(table, stage / name / "part-00000.parquet")
                 counts[name] = table.num_rows

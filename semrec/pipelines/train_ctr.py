@@ -38,6 +38,10 @@ def paradigm_spec(s: TrainCTRSettings, meta: dict) -> dict:
             "dim": m.embedding_dim, "aggregation": m.aggregation,
             "encoder": {"layers": m.encoder_layers, "heads": m.encoder_heads, "max_len": m.max_len,
                         "dropout": m.encoder_dropout}}
+    if USER_SIDE[p] == "target":
+        spec["long"] = {"codebooks": m.codebooks, "codewords": m.codewords, "hstu_layers": m.hstu_layers,
+                        "heads": m.hstu_heads, "dropout": m.encoder_dropout, "tau0": m.tau0, "tau_min": m.tau_min,
+                        "anneal_steps": m.anneal_steps, "top_k": m.top_k, "din_hidden": m.din_hidden}
     item_q = None
     if ITEM_SIDE[p] == "tokens":
         info = token_table_info(s.item_tokens)
@@ -71,8 +75,8 @@ def _dim(path: Path, what: str) -> int:
 
 
 def run(s: TrainCTRSettings) -> dict:
-    inputs = [s.train_data, s.test_data, s.histories, s.item_tokens, s.item_embeddings, s.user_tokens, s.run_dir,
-              s.config]
+    inputs = [s.train_data, s.test_data, s.histories, s.item_tokens, s.item_embeddings, s.user_tokens, s.items,
+              s.run_dir, s.config]
     with job_output(s.output, "train_ctr", inputs, s.overwrite) as stage:
         report = train(s, stage)
     m = report["metrics"]
@@ -91,7 +95,10 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     from semrec.train.launch import best_state, check_cpus, default_run_name, launch, worker_config
 
     t0 = time.perf_counter()
-    cfg = worker_config(s, ("train_data", "test_data", "histories", "item_tokens", "item_embeddings", "user_tokens"))
+    cfg = worker_config(s, ("train_data", "test_data", "histories", "item_tokens", "item_embeddings", "user_tokens",
+                            "items"))
+    if s.paradigm == "sim-hard" and cfg["items"] is None:
+        cfg["items"] = str(Path(cfg["histories"]).parent / "items")
     # validate both files and the model before starting Ray (clear errors, nothing published)
     train_data = load_ctr(s.train_data, s.n_features)
     test_data = load_ctr(s.test_data, s.n_features)
@@ -119,7 +126,7 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     name = s.run_name or default_run_name(f"ctr-{s.model.name}-{s.paradigm}", {
         "train": str(Path(s.train_data).absolute()), "test": str(Path(s.test_data).absolute()),
         "model": cfg["model_spec"], "settings": cfg["train"], "valid_fraction": s.valid_fraction,
-        "inputs": [cfg[k] for k in ("histories", "item_tokens", "item_embeddings", "user_tokens")]})
+        "inputs": [cfg[k] for k in ("histories", "item_tokens", "item_embeddings", "user_tokens", "items")]})
     result = launch(train_loop, cfg, s.train, s.run_dir, name, s.resume, "AUC")
     final = result.metrics
     report = {"model": s.model.name, "paradigm": s.paradigm, **sizes, "n_features": n_features, "best_epoch": final["best_epoch"],

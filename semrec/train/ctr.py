@@ -75,7 +75,11 @@ class ParadigmInputs:
             self.assets["user_codes"] = torch.from_numpy(codes)
         if USER_SIDE[p] == "cached":
             self.assets["z"] = torch.from_numpy(load_user_vectors(Path(config["user_tokens"]) / "user_embeddings", users))
-        self.needs_history = USER_SIDE[p] == "encoder"
+        if p == "sim-hard":
+            from semrec.data.items import load_item_categories
+
+            self.assets["item_categories"] = torch.from_numpy(load_item_categories(config["items"], self.n_items))
+        self.needs_history = USER_SIDE[p] in ("encoder", "target")
 
     def batch(self, data: CTRData, rows: np.ndarray):
         from semrec.data.seqbatch import left_pad

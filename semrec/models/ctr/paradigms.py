@@ -12,6 +12,14 @@ fields through its ``score(E)``. UIST is its own route: ``HMI`` over user and it
 | ``emb-cached``| (c) frozen text embedding + projection | (g) cached z of ``tokenize_users`` + projection|
 | ``ist``       | (d) sum of the item's token embeddings | (f) encoder over the history (item tokens)     |
 | ``uist``      | (d) item tokens                        | (h) user tokens, hierarchical mixture (HMI)    |
+| ``din``       | (a) ID embedding                       | DIN target attention over the last max_len     |
+| ``sim-hard``  | (a) ID embedding                       | SIM: top-k of the candidate's category, DIN    |
+| ``dmqn``      | (a) ID embedding                       | DMQN: MCQM -> HSTU (cacheable) -> target attn. |
+| ``dmqn-simple``| (a) ID embedding                      | DMQN without the HSTU layers                   |
+
+The last four are candidate-aware ("target") user sides over long behaviour sequences
+(``semrec.models.ctr.longseq``); DMQN's candidate-independent part is ``user_state`` and
+``score_state`` scores candidates from it (the per-user cache).
 
 Per-item and per-user tables (token codes, text embeddings, z) are buffers kept at their stored width
 (codes uint8/int16, vectors float32), so ``representation_bytes`` measures what serving holds.
@@ -22,13 +30,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from semrec.models.ctr.longseq import DINUser, DMQNUser, SIMHardUser
 from semrec.models.ctr.models import HMI, MODELS
 from semrec.models.user_ae import SequenceEncoder
 
-PARADIGMS = ("id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist")
-ITEM_SIDE = {"id-id": "id", "id-enc": "id", "emb-enc": "text", "emb-cached": "text", "ist": "tokens", "uist": "tokens"}
+LONG_SEQUENCE = ("din", "sim-hard", "dmqn", "dmqn-simple")
+PARADIGMS = ("id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist", *LONG_SEQUENCE)
+ITEM_SIDE = {"id-id": "id", "id-enc": "id", "emb-enc": "text", "emb-cached": "text", "ist": "tokens", "uist": "tokens",
+             **{p: "id" for p in LONG_SEQUENCE}}
 USER_SIDE = {"id-id": "id", "id-enc": "encoder", "emb-enc": "encoder", "emb-cached": "cached", "ist": "encoder",
-             "uist": "tokens"}
+             "uist": "tokens", **{p: "target" for p in LONG_SEQUENCE}}
 
 
 def compact_codes(codes: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -92,7 +103,8 @@ class ParadigmCTR(nn.Module):
                  user_codes: torch.Tensor | None = None):
         super().__init__()
         self.paradigm, self.base, self.item, self.user, self.hmi = paradigm, base, item, user, hmi
-        self.needs_history = USER_SIDE[paradigm] == "encoder"
+        self.needs_history = USER_SIDE[paradigm] in ("encoder", "target")
+        self.target_aware = USER_SIDE[paradigm] == "target"
         if hmi is not None:  # UIST: the HMI owns the token tables; the codes are stored here
             self.register_buffer("item_codes", item_codes)
             self.register_buffer("user_codes", user_codes)
@@ -103,7 +115,26 @@ class ParadigmCTR(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         if self.hmi is not None:
             return self.hmi(self.user_codes[users].long(), self.item_codes[items].long())
+        if self.target_aware:
+            iv = self.item(items)
+            return self.base.score(torch.stack([self.user(history, iv, items), iv], dim=1))
         return self.base.score(torch.stack([self.user_vectors(users, history), self.item(items)], dim=1))
+
+    def user_state(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DMQN: the candidate-independent representation of each history (clusters after the HSTU layers,
+        their mask): what the per-user cache stores."""
+        if not isinstance(self.user, DMQNUser):
+            raise ValueError(f"paradigm {self.paradigm} has no candidate-independent user state (dmqn only)")
+        return self.user.state(history)
+
+    def score_state(self, clusters: torch.Tensor, valid: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of candidates ``items`` (B,) or (B, C) from cached ``user_state`` rows; equals ``forward``."""
+        iv = self.item(items)
+        interest = self.user.attend(clusters, valid, iv)
+        if items.dim() == 1:
+            return self.base.score(torch.stack([interest, iv], dim=1))
+        b, c = items.shape
+        return self.base.score(torch.stack([interest, iv], dim=2).flatten(0, 1)).view(b, c)
 
     def representation_bytes(self) -> dict[str, int]:
         """Bytes of every tensor (parameters and stored tables) on the item side and on the user side; the
@@ -125,8 +156,10 @@ class ParadigmCTR(nn.Module):
 def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
     """``spec``: paradigm, base (a build_ctr spec without ids: model + kwargs), n_items, n_users, dim,
     item_sizes / user_sizes (token paradigms), text_dim (text items), z_dim (cached users), encoder
-    (hidden, layers, heads, max_len, dropout), aggregation (uist). ``assets``: item_codes (n_items + 1, K),
-    text (n_items + 1, D), user_codes (n_users, K_u), z (n_users, D_z); zeros of the spec's shapes when
+    (hidden, layers, heads, max_len, dropout), aggregation (uist), long (din / sim-hard / dmqn: codebooks,
+    codewords, hstu_layers, heads, dropout, tau0, tau_min, anneal_steps, top_k, din_hidden). ``assets``:
+    item_codes (n_items + 1, K), text (n_items + 1, D), user_codes (n_users, K_u), z (n_users, D_z),
+    item_categories (n_items + 1,) for sim-hard; zeros of the spec's shapes when
     omitted (``from_pretrained`` then loads the saved ones)."""
     p = spec["paradigm"]
     if p not in PARADIGMS:
@@ -155,6 +188,16 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
         user = IDTable(u, d, padding_row=False)
     elif kind == "cached":
         user = FrozenVectors(a.get("z", torch.zeros(u, spec.get("z_dim") or 1)), d, padding_row=False)
+    elif kind == "target":
+        ls = spec["long"]
+        if p == "din":
+            user = DINUser(item, d, ls["din_hidden"])
+        elif p == "sim-hard":
+            user = SIMHardUser(item, d, a.get("item_categories", torch.zeros(n + 1, dtype=torch.int32)), ls["top_k"],
+                               ls["din_hidden"])
+        else:
+            user = DMQNUser(item, d, ls["codebooks"], ls["codewords"], 0 if p == "dmqn-simple" else ls["hstu_layers"],
+                            ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"])
     else:
         e = spec["encoder"]
         user = SequenceEncoder(item, d, d, e["layers"], e["heads"], e["max_len"], e["dropout"])

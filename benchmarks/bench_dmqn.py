@@ -1,0 +1,182 @@
+"""DMQN vs its long-sequence baselines (issue 11): the AUC table of the paper's Table 2 analogue and the
+per-request latency against the sequence length. Hours on 2 CPU cores; not CI.
+
+Data (built on first use under out/bench_dmqn/):
+- ``synthetic``: `prepare_data --format synthetic --long_length 1000` (2,000 users, 20,000 items; each user's
+  long-term interests show only before the last 100 behaviours) -> `--format clicks --impressions 10`;
+- ``taobao``: the shared Taobao UserBehavior head (815 users, ~104 behaviours) -> clicks whose last 10
+  behaviours per user are the impressions (click + 4 sampled non-clicked items), the rest the history.
+
+Models (`train_ctr --paradigm ...`, DCN head, embedding 16): DIN-short (the last 50 behaviours), SIM-hard
+(the 50 latest of the candidate's category), DIN-full (every behaviour), DMQN-simple and DMQN (4 x 32
+codewords, 1 HSTU layer), seeds 1-3:
+
+    pytest benchmarks/bench_dmqn.py -s -k "auc and synthetic"
+    pytest benchmarks/bench_dmqn.py -s -k latency
+
+Results accumulate in benchmarks/results/dmqn.json; tables in benchmarks/results/dmqn_*.md.
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from benchlib import RESULTS, write_result
+from helpers import shared
+
+from semrec.pipelines.prepare_data import main as prepare
+from semrec.pipelines.train_ctr import main as train_ctr
+
+pytestmark = pytest.mark.slow
+WORK = Path("out/bench_dmqn")
+SEEDS = [1, 2, 3]
+FULL = {"synthetic": 1000, "taobao": 600}  # history lengths read by the full-sequence models
+MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
+          "sim-hard": ["--paradigm", "sim-hard", "--model.top_k", "50"],
+          "din-full": ["--paradigm", "din"],
+          "dmqn-simple": ["--paradigm", "dmqn-simple"],
+          "dmqn": ["--paradigm", "dmqn"]}
+COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", "4",
+          "--model.codewords", "32", "--train.batch_size", "512", "--train.threads", "1", "--train.patience", "2"]
+
+
+def _done(path: Path) -> bool:
+    return (path / "_SEMREC_OUTPUT.json").exists()
+
+
+def clicks(dataset: str) -> Path:
+    out, src = WORK / f"{dataset}_clicks", WORK / f"{dataset}_src"
+    if _done(out):
+        return out
+    if not _done(src):
+        if dataset == "synthetic":
+            args = ["--format", "synthetic", "--items", "20000", "--users", "2000", "--long_length", "1000",
+                    "--future", "10", "--seed", "7"]
+        else:
+            args = ["--format", "taobao", "--input", str(shared("taobao_userbehavior", "UserBehavior.csv"))]
+        assert prepare([*args, "--output", str(src), "--overwrite"]) == 0
+    assert prepare(["--format", "clicks", "--input", str(src), "--impressions", "10", "--output", str(out),
+                    "--overwrite"]) == 0
+    return out
+
+
+def run(dataset: str, model: str, seed: int) -> dict:
+    name = f"{dataset}-{model}-seed{seed}"
+    out = WORK / "runs" / name
+    if not _done(out):
+        d = clicks(dataset)
+        args = ["--train_data", d / "train", "--test_data", d / "test", "--histories", d / "histories",
+                "--output", out, "--run_dir", WORK / "ray_train", "--run_name", name, "--train.seed", seed,
+                "--overwrite", "--model.max_len", FULL[dataset], *COMMON, *MODELS[model]]
+        assert train_ctr([str(a) for a in args]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    RESULTS.mkdir(exist_ok=True)
+    store = RESULTS / "dmqn.json"
+    runs = json.loads(store.read_text()) if store.exists() else {}
+    runs[name] = {"dataset": dataset, "model": model, "seed": seed, "metrics": report["metrics"],
+                  "wall_s": report["wall_s"]}
+    store.write_text(json.dumps(runs, indent=2, sort_keys=True) + "\n")
+    _table(runs)
+    return report
+
+
+def _table(runs: dict) -> None:
+    lines = ["Test AUC per model (mean ± sd over the seeds run, n = seeds); DCN head, embedding 16.", "",
+             "| dataset | model | AUC | n |", "|---|---|---|---|"]
+    for dataset in ("synthetic", "taobao"):
+        for model in MODELS:
+            aucs = [r["metrics"]["test_AUC"] for r in runs.values() if r["dataset"] == dataset and r["model"] == model]
+            if aucs:
+                sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+                lines.append(f"| {dataset} | {model} | {statistics.mean(aucs):.4f} ± {sd:.4f} | {len(aucs)} |")
+    write_result("dmqn_auc", "\n".join(lines))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("dataset", ["synthetic", "taobao"])
+def test_auc(benchmark, ray_local, dataset, model, seed):
+    if dataset == "taobao":
+        shared("taobao_userbehavior")  # skips without the shared data
+    report = benchmark.pedantic(run, args=(dataset, model, seed), rounds=1, iterations=1)
+    benchmark.extra_info.update(report["metrics"])
+
+
+def test_synthetic_acceptance():
+    """DMQN > DIN-short and DMQN >= DIN-full - 0.002 on the synthetic long sequences (seed means)."""
+    runs = json.loads((RESULTS / "dmqn.json").read_text())
+
+    def mean(model):
+        xs = [r["metrics"]["test_AUC"] for r in runs.values() if r["dataset"] == "synthetic" and r["model"] == model]
+        if len(xs) < len(SEEDS):
+            pytest.skip(f"run test_auc[synthetic-{model}-*] first ({len(xs)} of {len(SEEDS)} seeds stored)")
+        return statistics.mean(xs)
+
+    assert mean("dmqn") > mean("din-short")
+    assert mean("dmqn") >= mean("din-full") - 0.002
+
+
+# ----------------------------------------------------------------------------- latency
+def _median_ms(fn, n: int) -> tuple[float, float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * statistics.median(times), 1000 * times[int(0.99 * (len(times) - 1))]
+
+
+def test_latency_vs_length(benchmark):
+    """One request = one user and C candidates, batch 1, one thread, median / p99 of 50. Cached DMQN reads the
+    user's state (the cache row, float16 as stored) and runs target attention + the head; uncached DMQN and
+    DIN-full read the raw sequence of length L. Weights are untrained (latency does not depend on them)."""
+    from semrec.models.ctr.paradigms import build_paradigm
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    n_items = 100_000
+    long = {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
+            "tau_min": 0.1, "anneal_steps": 2000, "top_k": 50, "din_hidden": [64, 32]}
+    base = {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True}
+
+    def spec(p, max_len):
+        return {"paradigm": p, "base": base, "n_items": n_items, "n_users": 1, "dim": 16, "long": long,
+                "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
+
+    def measure():
+        out = {}
+        for length in (100, 1_000, 10_000):
+            dmqn, din = build_paradigm(spec("dmqn", length)).eval(), build_paradigm(spec("din", length)).eval()
+            hist = torch.randint(1, n_items + 1, (1, length))
+            with torch.inference_mode():
+                clusters, valid = dmqn.user_state(hist)
+                row = clusters.half()  # what the cache stores
+                for c in (1, 100):
+                    cand = torch.randint(1, n_items + 1, (1, c))
+                    users = torch.zeros(c, dtype=torch.long)
+                    out[f"L{length}-C{c}"] = {
+                        "dmqn_cached": _median_ms(lambda: dmqn.score_state(row.float(), valid, cand), 50),
+                        "dmqn_uncached": _median_ms(lambda: dmqn.score_state(*dmqn.user_state(hist), cand), 50),
+                        "din_full": _median_ms(lambda: din(users, cand[0], hist.expand(c, -1)), 20),
+                    }
+            out[f"L{length}-cache_bytes_per_user"] = row.numel() * row.element_size() + valid.numel() // 8
+        return out
+
+    r = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    lines = ["Per-request latency (ms, median / p99; batch 1, 1 thread, untrained weights), DCN head, d = 16, "
+             "4 x 32 codewords.", "", "| L | candidates | DMQN cached | DMQN uncached | DIN-full |", "|---|---|---|---|---|"]
+    for length in (100, 1_000, 10_000):
+        for c in (1, 100):
+            v = r[f"L{length}-C{c}"]
+            lines.append(f"| {length:,} | {c} | " + " | ".join(f"{v[k][0]:.2f} / {v[k][1]:.2f}" for k in
+                                                              ("dmqn_cached", "dmqn_uncached", "din_full")) + " |")
+    lines.append(f"\nCache bytes per user (float16 clusters + mask bits): {r['L100-cache_bytes_per_user']:,}.")
+    write_result("dmqn_latency", "\n".join(lines))
+    for c in (1, 100):
+        v = r[f"L10000-C{c}"]
+        assert v["dmqn_cached"][0] <= v["din_full"][0] / 10

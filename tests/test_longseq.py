@@ -1,0 +1,225 @@
+"""DMQN and its long-sequence baselines (semrec.models.ctr.longseq): the batched HSTU layer equals its loop
+reference, empty clusters never leak, the cached user state scores exactly like the full forward, SIM's
+hard search retrieves the right behaviours."""
+
+import json
+
+import pytest
+import torch
+
+from semrec.models.ctr.longseq import (DINUser, DMQNUser, HSTULayer, MultiCodebookQuantizer, SIMHardUser,
+                                       hstu_reference)
+from semrec.models.ctr.paradigms import build_paradigm
+
+D = 8
+
+
+def _spec(paradigm: str, **long) -> dict:
+    return {"paradigm": paradigm, "base": {"model": "dcn", "hidden": [16], "cross_layers": 1, "dropout": 0.0,
+                                           "batch_norm": False},
+            "n_items": 50, "n_users": 6, "dim": D, "encoder": {"layers": 1, "heads": 1, "max_len": 30, "dropout": 0},
+            "long": {"codebooks": 2, "codewords": 4, "hstu_layers": 2, "heads": 2, "dropout": 0.0, "tau0": 1.0,
+                     "tau_min": 0.1, "anneal_steps": 100, "top_k": 3, "din_hidden": [8], **long}}
+
+
+def _history(rows: int = 6, length: int = 30, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randint(1, 51, (rows, length), generator=g)
+    for i in range(rows):  # left padding of different lengths; every row keeps at least 2 behaviours
+        h[i, : int(torch.randint(0, length - 2, (1,), generator=g))] = 0
+    return h
+
+
+def test_hstu_equals_loop_reference():
+    torch.manual_seed(0)
+    layer = HSTULayer(D, positions=6, heads=2).eval()
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 6, D)
+    valid = torch.tensor([[1, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    x = x * valid.unsqueeze(-1)
+    with torch.no_grad():
+        fast, ref = layer(x, valid), hstu_reference(layer, x, valid)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert (fast[~valid] == 0).all()  # empty clusters stay zero
+
+
+def test_mcqm_pools_per_codeword_and_masks_empty_clusters():
+    torch.manual_seed(0)
+    q = MultiCodebookQuantizer(D, codebooks=2, codewords=5).eval()
+    e = torch.randn(2, 7, D)
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[0, :3] = False  # padding must not enter any cluster
+    clusters, mask = q(e, valid)
+    assign = q.scores(e).argmax(-1)  # (B, N, L)
+    for b in range(2):
+        for n in range(2):
+            for w in range(5):
+                chosen = (assign[b, n] == w) & valid[b]
+                got = clusters[b, n * 5 + w]
+                assert bool(mask[b, n * 5 + w]) == bool(chosen.any())
+                expected = e[b][chosen].mean(0) if chosen.any() else torch.zeros(D)
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mcqm_gumbel_while_training_argmax_at_inference_and_annealing():
+    torch.manual_seed(0)
+    q = MultiCodebookQuantizer(D, codebooks=3, codewords=8, tau0=1.0, tau_min=0.1, anneal_steps=10)
+    e = torch.randn(4, 40, D)
+    q.eval()
+    hard = q.assign(e)
+    assert torch.equal(hard, q.assign(e)) and int(q.steps) == 0  # deterministic, no clock at inference
+    q.train()
+    noisy = q.assign(e)
+    assert int(q.steps) == 1 and not torch.equal(noisy.detach(), hard)  # Gumbel noise changes some choices
+    assert torch.allclose(noisy.sum(-1), torch.ones(4, 3, 40))  # still one-hot per behaviour and codebook
+    taus = []
+    for _ in range(60):
+        taus.append(q.tau())
+        q.steps += 1
+    assert taus[0] == pytest.approx(1.0 * 2.718281828 ** (-0.1), rel=1e-6) and taus[-1] == 0.1
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+
+
+def test_codewords_get_gradients_through_the_straight_through_estimator():
+    torch.manual_seed(0)
+    items = torch.nn.Embedding(51, D, padding_idx=0)
+    user = DMQNUser(items, D, codebooks=2, codewords=4, hstu_layers=1).train()
+    h = _history()
+    out = user(h, torch.randn(6, D), torch.randint(1, 51, (6,)))
+    out.pow(2).sum().backward()
+    assert user.mcqm.codewords.grad is not None and user.mcqm.codewords.grad.abs().sum() > 0
+    assert user.mcqm.proj.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("paradigm", ["dmqn", "dmqn-simple"])
+def test_cached_state_scores_exactly_like_the_full_model(paradigm):
+    torch.manual_seed(0)
+    model = build_paradigm(_spec(paradigm)).eval()
+    h = _history()
+    users = torch.arange(6)
+    items = torch.randint(1, 51, (6,))
+    with torch.no_grad():
+        full = model(users, items, h)
+        clusters, valid = model.user_state(h)
+        cached = model.score_state(clusters, valid, items)
+        cands = torch.randint(1, 51, (6, 5))  # 5 candidates per user from one state
+        many = model.score_state(clusters, valid, cands)
+        one_by_one = torch.stack([model(users, cands[:, c], h) for c in range(5)], dim=1)
+    assert torch.equal(full, cached)
+    torch.testing.assert_close(many, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_dmqn_ignores_padding_and_order_and_refuses_empty_histories():
+    torch.manual_seed(0)
+    model = build_paradigm(_spec("dmqn")).eval()
+    h = _history(rows=2, length=10)
+    longer = torch.cat([torch.zeros(2, 5, dtype=torch.long), h], dim=1)  # more left padding
+    shuffled = h.flip(1)  # behaviours in reverse order, padding on the right
+    items = torch.tensor([3, 7])
+    with torch.no_grad():
+        a = model(torch.arange(2), items, h)
+        b = model(torch.arange(2), items, longer)
+        c = model(torch.arange(2), items, shuffled)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)  # clusters are sets: DMQN reads no positions
+    with pytest.raises(ValueError, match="row 1 has no behaviours"):
+        model(torch.arange(2), items, torch.tensor([[0, 4], [0, 0]]))
+    with pytest.raises(ValueError, match="dmqn only"):
+        build_paradigm(_spec("din")).user_state(h)
+
+
+def test_sim_hard_retrieves_the_latest_behaviours_of_the_candidates_category():
+    cats = torch.tensor([0, 1, 1, 2, 2, 1, 3, 0])  # item 7 has no category
+    user = SIMHardUser(torch.nn.Embedding(8, D), D, cats, top_k=2)
+    history = torch.tensor([[0, 1, 3, 2, 5, 4, 7]])
+    idx, valid = user.search(history, torch.tensor([[1, 4, 6, 7]]))
+    assert idx[0, 0].tolist() == [4, 3] and valid[0, 0].all()  # items 5, 2: the latest of category 1
+    assert idx[0, 1].tolist() == [5, 2] and valid[0, 1].all()  # items 4, 3 (category 2)
+    assert not valid[0, 2].any() and not valid[0, 3].any()  # category 3 absent; no category never matches
+    out = user(history, torch.randn(1, 4, D), torch.tensor([[1, 4, 6, 7]]))
+    assert (out[0, 2:] == 0).all() and (out[0, :2] != 0).any()
+
+
+def test_din_reads_only_behaviours():
+    torch.manual_seed(0)
+    items = torch.nn.Embedding(51, D)
+    din = DINUser(items, D, [8]).eval()
+    h = torch.tensor([[0, 0, 3, 9], [5, 6, 3, 9]])
+    cand = torch.randn(2, D)
+    out = din(h, cand, torch.tensor([1, 2]))
+    ref = din(h[:1, 2:], cand[:1], torch.tensor([1]))
+    torch.testing.assert_close(out[:1], ref)
+
+
+# ----------------------------------------------------------------------------- through the jobs
+LONG = ["--model.embedding_dim", "8", "--model.hidden", "[32]", "--model.max_len", "150", "--model.codebooks", "2",
+        "--model.codewords", "8", "--model.din_hidden", "[16]", "--model.top_k", "20", "--train.epochs", "2",
+        "--train.batch_size", "512", "--train.lr", "3e-3", "--model.anneal_steps", "50"]
+
+
+@pytest.fixture(scope="module")
+def long_clicks(ray_local, tmp_path_factory):
+    """Synthetic long sequences (300 users, 140 + 5 behaviours, planted far-back interests) as clicks whose
+    last 5 behaviours are the impressions."""
+    from semrec.pipelines.prepare_data import main as prepare
+
+    d = tmp_path_factory.mktemp("long")
+    assert prepare(["--format", "synthetic", "--items", "800", "--users", "300", "--long_length", "140",
+                    "--future", "5", "--output", str(d / "src"), "--seed", "3"]) == 0
+    assert prepare(["--format", "clicks", "--input", str(d / "src"), "--impressions", "5",
+                    "--output", str(d / "clicks")]) == 0
+    return d / "clicks"
+
+
+def test_long_sequence_clicks_keep_every_earlier_behaviour(long_clicks):
+    import pyarrow.parquet as pq
+
+    hist = pq.read_table(long_clicks / "histories")
+    assert set(len(h) for h in hist.column("item_ids").to_pylist()) == {140}
+    test = pq.read_table(long_clicks / "test")
+    assert test.num_rows == 300 * 5 and pq.read_table(long_clicks / "train").num_rows == 300 * 4 * 5
+    from semrec.schemas import decode_metadata
+
+    meta = decode_metadata(pq.read_schema(long_clicks / "test" / "part-00000.parquet"))
+    assert meta["impressions"] == 5
+
+
+@pytest.mark.parametrize("paradigm", ["dmqn", "sim-hard"])
+def test_long_sequence_paradigms_train_save_and_cache(long_clicks, tmp_path, paradigm):
+    from semrec.models.ctr.paradigms import from_pretrained
+    from semrec.pipelines.train_ctr import main
+
+    out = tmp_path / paradigm
+    args = ["--train_data", long_clicks / "train", "--test_data", long_clicks / "test", "--histories",
+            long_clicks / "histories", "--paradigm", paradigm, "--output", out, "--run_dir", tmp_path / "runs", *LONG]
+    assert main([str(a) for a in args]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert 0 < report["metrics"]["test_AUC"] < 1 and report["epochs_run"] == 2  # quality: bench_dmqn.py
+    model = from_pretrained(out / "model")
+    if paradigm == "dmqn":  # the saved model's cached path equals its forward on real histories
+        import pyarrow.parquet as pq
+
+        h = torch.tensor(pq.read_table(long_clicks / "histories").column("item_ids").to_pylist()[:4])
+        items = torch.tensor([1, 2, 3, 4])
+        with torch.no_grad():
+            assert torch.equal(model(torch.arange(4), items, h), model.score_state(*model.user_state(h), items))
+    else:
+        assert model.user.categories.max() > 0  # the items' first categories reached the search
+
+
+def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
+    import pyarrow as pa
+
+    from semrec.data.io import write_table
+    from semrec.pipelines.train_ctr import main
+
+    items = tmp_path / "items"
+    items.mkdir()
+    write_table(pa.table({"item_id": pa.array([1, 900], pa.int64()), "title": pa.array([None, None], pa.string()),
+                          "categories": pa.array([["a"], ["b"]])}), items / "part-0.parquet")
+    args = ["--train_data", long_clicks / "train", "--test_data", long_clicks / "test", "--histories",
+            long_clicks / "histories", "--paradigm", "sim-hard", "--items", items, "--output", tmp_path / "out",
+            "--run_dir", tmp_path / "runs", *LONG]
+    assert main([str(a) for a in args]) != 0
+    assert not (tmp_path / "out").exists()
