@@ -185,27 +185,39 @@ def test_long_sequence_clicks_keep_every_earlier_behaviour(long_clicks):
     assert meta["impressions"] == 5
 
 
-@pytest.mark.parametrize("paradigm", ["dmqn", "sim-hard"])
-def test_long_sequence_paradigms_train_save_and_cache(long_clicks, tmp_path, paradigm):
-    from semrec.models.ctr.paradigms import from_pretrained
+def _train(long_clicks, out, paradigm):
     from semrec.pipelines.train_ctr import main
 
-    out = tmp_path / paradigm
     args = ["--train_data", long_clicks / "train", "--test_data", long_clicks / "test", "--histories",
-            long_clicks / "histories", "--paradigm", paradigm, "--output", out, "--run_dir", tmp_path / "runs", *LONG]
+            long_clicks / "histories", "--paradigm", paradigm, "--output", out, "--run_dir", out.parent / "runs", *LONG]
     assert main([str(a) for a in args]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert 0 < report["metrics"]["test_AUC"] < 1 and report["epochs_run"] == 2  # quality: bench_dmqn.py
-    model = from_pretrained(out / "model")
-    if paradigm == "dmqn":  # the saved model's cached path equals its forward on real histories
-        import pyarrow.parquet as pq
+    return out
 
-        h = torch.tensor(pq.read_table(long_clicks / "histories").column("item_ids").to_pylist()[:4])
-        items = torch.tensor([1, 2, 3, 4])
-        with torch.no_grad():
-            assert torch.equal(model(torch.arange(4), items, h), model.score_state(*model.user_state(h), items))
-    else:
-        assert model.user.categories.max() > 0  # the items' first categories reached the search
+
+@pytest.fixture(scope="module")
+def dmqn_model(long_clicks, tmp_path_factory):
+    return _train(long_clicks, tmp_path_factory.mktemp("dmqn") / "dmqn", "dmqn") / "model"
+
+
+def test_dmqn_trains_and_its_saved_cached_path_equals_the_forward(long_clicks, dmqn_model):
+    import pyarrow.parquet as pq
+
+    from semrec.models.ctr.paradigms import from_pretrained
+
+    model = from_pretrained(dmqn_model)
+    h = torch.tensor(pq.read_table(long_clicks / "histories").column("item_ids").to_pylist()[:4])
+    items = torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        assert torch.equal(model(torch.arange(4), items, h), model.score_state(*model.user_state(h), items))
+
+
+def test_sim_hard_trains_with_the_items_categories(long_clicks, tmp_path):
+    from semrec.models.ctr.paradigms import from_pretrained
+
+    model = from_pretrained(_train(long_clicks, tmp_path / "sim", "sim-hard") / "model")
+    assert model.user.categories.max() > 0  # the items' first categories reached the search
 
 
 def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
@@ -223,3 +235,101 @@ def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
             "--run_dir", tmp_path / "runs", *LONG]
     assert main([str(a) for a in args]) != 0
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the per-user cache
+def test_hash_table_finds_every_key_and_no_other():
+    import numpy as np
+
+    from semrec.serve.cache import build_slots, lookup
+
+    rng = np.random.default_rng(0)
+    keys = rng.choice(10**12, size=5000, replace=False).astype(np.int64)
+    table = build_slots(keys)
+    assert len(table) >= 2 * len(keys) and (np.sort(table[table >= 0]) == np.arange(len(keys))).all()
+    assert (lookup(table, keys, keys) == np.arange(len(keys))).all()
+    absent = np.setdiff1d(rng.choice(10**12, size=2000), keys)
+    assert (lookup(table, keys, absent) == -1).all()
+
+
+def _build_cache(model, seqs, out, *extra):
+    from semrec.pipelines.build_cache import main
+
+    return main(["--model", str(model), "--sequences", str(seqs), "--output", str(out), *extra])
+
+
+def test_cached_scores_equal_the_model_and_misses_fall_back(long_clicks, dmqn_model, tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from semrec.models.ctr.paradigms import from_pretrained
+    from semrec.serve.cache import MemmapStore, Scorer
+
+    assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c32", "--dtype", "float32") == 0
+    assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c16") == 0
+    manifest = json.loads((tmp_path / "c16" / "user_cache" / "_MANIFEST.json").read_text())
+    assert manifest["rows"] == 300 and manifest["clusters"] == 16 and manifest["dtype"] == "float16"
+    model = from_pretrained(dmqn_model)
+    hist = pq.read_table(long_clicks / "histories").to_pydict()
+    exact = Scorer(dmqn_model, MemmapStore(tmp_path / "c32" / "store"))
+    half = Scorer(dmqn_model, MemmapStore(tmp_path / "c16" / "store", manifest["model_version"]))
+    cands = np.array([5, 17, 300, 799])
+    for row in (0, 123, 299):
+        user, h = hist["user_id"][row], torch.tensor(hist["item_ids"][row])
+        with torch.no_grad():
+            ref = model(torch.zeros(4, dtype=torch.long), torch.from_numpy(cands), h.expand(4, -1)).numpy()
+        got, source = exact.score(user, cands)
+        assert source == "cache" and np.array_equal(got, ref)  # float32 cache: bit for bit
+        got16, _ = half.score(user, cands)
+        np.testing.assert_allclose(got16, ref, atol=0.05)
+    missing = max(hist["user_id"]) + 1  # not cached: computed from the raw sequence, reported as such
+    got, source = exact.score(missing, cands, history=hist["item_ids"][0])
+    assert source == "computed" and np.array_equal(got, exact.score(hist["user_id"][0], cands)[0])
+    with pytest.raises(KeyError, match=f"user {missing} is not in the cache"):
+        exact.score(missing, cands)
+    with pytest.raises(ValueError, match="candidate item 801 is not in the model's catalogue 1..800"):
+        exact.score(hist["user_id"][0], [3, 801])
+
+
+def test_a_cache_of_another_model_version_is_refused(long_clicks, dmqn_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from semrec.serve.cache import MemmapStore, Scorer, StaleCache
+
+    assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c") == 0
+    other = tmp_path / "model2"
+    shutil.copytree(dmqn_model, other)
+    w = load_file(str(other / "model.safetensors"))
+    w["base.out.bias"] += 1.0  # a retrained model: other weights, other version
+    save_file(w, str(other / "model.safetensors"))
+    with pytest.raises(StaleCache, match="rebuild"):
+        Scorer(other, MemmapStore(tmp_path / "c" / "store"))
+    with pytest.raises(StaleCache, match="rebuild"):
+        MemmapStore(tmp_path / "c" / "store", model_version="0123456789abcdef")
+
+
+def test_build_cache_refuses_bad_input_and_publishes_nothing(long_clicks, dmqn_model, tmp_path, capsys):
+    import pyarrow as pa
+
+    from semrec.data.io import write_table
+    from semrec.schemas import USER_SEQUENCES
+
+    bad = tmp_path / "seqs"
+    bad.mkdir()
+    write_table(pa.table({"user_id": [1, 2], "item_ids": [[3, 4], [5, 900]]},
+                         schema=USER_SEQUENCES.schema(with_optional=False)), bad / "part-0.parquet")
+    assert _build_cache(dmqn_model, bad, tmp_path / "out") != 0
+    assert "900" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_table(pa.table({"user_id": [1, 2], "item_ids": [[3, 4], []]},
+                         schema=USER_SEQUENCES.schema(with_optional=False)), empty / "part-0.parquet")
+    assert _build_cache(dmqn_model, empty, tmp_path / "out") != 0
+    assert "user 2" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    din = tmp_path / "din"
+    din.mkdir()
+    (din / "config.json").write_text(json.dumps({"architecture": "ParadigmCTR", "paradigm": "din"}))
+    assert _build_cache(din, long_clicks / "histories", tmp_path / "out") != 0
+    assert "not a DMQN model" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -428,6 +428,23 @@ class TrainCTRSettings(JobSettings):
         return self
 
 
+class BuildCacheSettings(JobSettings):
+    """DMQN's candidate-independent user state for every user of a user_sequences table (Ray Data actor
+    pool, one model per actor) -> user_cache/ Parquet with a manifest naming the model version, and the
+    embedded memory-mapped store, published atomically at --output."""
+
+    model: Path = Field(..., description="the model/ folder of a train_ctr --paradigm dmqn (or dmqn-simple) output")
+    sequences: Path = Field(..., description="user_sequences Parquet (the histories the model reads)")
+    output: Path = Field(Path("out/user_cache"), description="output folder (replaced atomically on success)")
+    dtype: Literal["float16", "float32"] = Field("float16", description="stored precision of the states "
+                                                                       "(float32: scores equal the uncached model's "
+                                                                       "bit for bit)")
+    memmap: bool = Field(True, description="also build the embedded store (store/: memory-mapped states + hash "
+                                           "table of user ids)")
+    partitions: int | None = Field(None, ge=1, description="hash partitions of the duplicate-user check")
+    ray: RaySettings = RaySettings()
+
+
 class UserEncoderSettings(Section):
     """The UIST user autoencoder (transformer encoder -> additive attention -> z -> causal decoder)."""
 

@@ -44,3 +44,14 @@ def from_pretrained(directory: str | Path, architecture: str, build: Callable[[d
     model = build({k: v for k, v in spec.items() if k not in ("architecture", "format_version")})
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     return model.to(device).eval()
+
+
+def model_version(directory: str | Path) -> str:
+    """The first 16 hex digits of the sha256 of the saved weights: what caches built from the model record."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

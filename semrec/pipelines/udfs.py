@@ -103,3 +103,41 @@ class EncodeUsers:
                                 for i in range(0, len(ids), self.chunk)]) if len(ids) else \
                 np.zeros((0, self.model.config["hidden"]), np.float32)
         return pa.table({"user_id": pa.array(rows.user_ids, pa.int64()), "embedding": embeddings_array(z, self.dtype)})
+
+
+class UserStates:
+    """user_sequences batch -> (user_id, state, valid): DMQN's candidate-independent user state per user
+    (``ParadigmCTR.user_state`` over the last max_len behaviours), the model loaded once per actor."""
+
+    def __init__(self, model_dir: str, threads: int | None = None, dtype: str = "float16", chunk: int = 256):
+        import torch
+
+        from semrec.models.ctr.paradigms import from_pretrained
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = from_pretrained(model_dir)
+        self.n_items, self.max_len = self.model.config["n_items"], self.model.config["encoder"]["max_len"]
+        self.dtype, self.chunk = dtype, chunk
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        from semrec.data.seqbatch import RowBatch, left_pad
+
+        rows = RowBatch.from_arrow(batch)
+        rows.check(self.n_items, "user_sequences", 1, "a cached user state")
+        ids = torch.from_numpy(left_pad(rows.flat, rows.offsets[:-1], rows.lengths, self.max_len))
+        states, masks = [], []
+        with torch.inference_mode():
+            for i in range(0, len(ids), self.chunk):
+                s, m = self.model.user_state(ids[i:i + self.chunk])
+                states.append(s.flatten(1).numpy())
+                masks.append(np.packbits(m.numpy(), axis=1))
+        spec = self.model.config["long"]
+        t, d = spec["codebooks"] * spec["codewords"], self.model.config["dim"]
+        state = np.concatenate(states) if states else np.zeros((0, t * d), np.float32)
+        valid = np.concatenate(masks) if masks else np.zeros((0, (t + 7) // 8), np.uint8)
+        return pa.table({"user_id": pa.array(rows.user_ids, pa.int64()), "state": embeddings_array(state, self.dtype),
+                         "valid": pa.FixedSizeListArray.from_arrays(pa.array(valid.ravel(), pa.uint8()),
+                                                                    valid.shape[1])})

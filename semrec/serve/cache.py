@@ -1,0 +1,178 @@
+"""Per-user caches of DMQN's candidate-independent state and the scorer that reads them.
+
+A cache is built by ``jobs/build_cache.py`` as Parquet (``user_cache/``: user_id, ``state`` =
+fixed_size_list<float16|float32, T*d> of the HSTU output, ``valid`` = the T cluster-mask bits packed into
+bytes) with a manifest naming the model version (``semrec.models.artefact.model_version``: a hash of the
+weights). Stores behind one interface, ``get(user_ids) -> (states (n, T, d) float32, valid (n, T), found (n,))``:
+
+- ``MemmapStore`` (the embedded default): the states as one memory-mapped ``.npy`` and an open-addressing
+  hash table of user ids (linear probing, load factor <= 0.5), so a lookup is O(1) expected with no server;
+  it refuses a model version other than the one it was built from.
+
+``Scorer`` scores ``(user_id, candidate item ids)`` from a store; on a miss it computes the state from
+the raw sequence when given one, and says which path it took.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from semrec.data.hashing import hash_rows
+from semrec.errors import InputError
+
+STORE_META = "store.json"
+
+
+class StaleCache(InputError):
+    """A cache built by another model version than the one serving."""
+
+
+def _hash(keys: np.ndarray) -> np.ndarray:
+    return hash_rows(np.asarray(keys, dtype=np.int64)[:, None])
+
+
+def build_slots(keys: np.ndarray) -> np.ndarray:
+    """An open-addressing table (capacity a power of two >= 2 x keys) of row indices into ``keys``, -1 = empty,
+    filled in vectorised rounds: each pending key claims its current probe slot, the first claimant of a
+    free slot wins, the others move one slot on. Every slot between a key's hash and its own is occupied, so
+    linear-probing lookups find it."""
+    cap = 1 << max(4, int(2 * len(keys) - 1).bit_length())
+    table = np.full(cap, -1, dtype=np.int64)
+    pos = (_hash(keys) & np.uint64(cap - 1)).astype(np.int64)
+    pending = np.arange(len(keys))
+    while len(pending):
+        slot = pos[pending]
+        free = table[slot] == -1
+        won_slots, first = np.unique(slot[free], return_index=True)
+        winners = pending[free][first]
+        table[won_slots] = winners
+        lost = np.ones(len(pending), dtype=bool)
+        lost[np.flatnonzero(free)[first]] = False
+        pending = pending[lost]
+        pos[pending] = (pos[pending] + 1) & (cap - 1)
+    return table
+
+
+def lookup(table: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Row of each query in ``keys`` (-1 when absent), by linear probing of ``table``."""
+    cap = len(table)
+    q = np.asarray(queries, dtype=np.int64)
+    pos = (_hash(q) & np.uint64(cap - 1)).astype(np.int64)
+    out = np.full(len(q), -2, dtype=np.int64)  # -2: unresolved
+    active = np.arange(len(q))
+    while len(active):
+        r = table[pos[active]]
+        hit = (r >= 0) & (keys[np.maximum(r, 0)] == q[active])
+        empty = r == -1
+        out[active[hit]] = r[hit]
+        out[active[empty]] = -1
+        active = active[~hit & ~empty]
+        pos[active] = (pos[active] + 1) & (cap - 1)
+    return out
+
+
+class MemmapStore:
+    """``MemmapStore.build(cache_dir, out_dir)`` once; ``MemmapStore(out_dir, model_version)`` per process."""
+
+    def __init__(self, directory: str | Path, model_version: str | None = None):
+        d = Path(directory)
+        try:
+            self.meta = json.loads((d / STORE_META).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{d / STORE_META}: not a user-state store ({e})") from None
+        if model_version is not None and self.meta["model_version"] != model_version:
+            raise StaleCache(f"{d}: the cache was built by model {self.meta['model_version']}, the serving model "
+                             f"is {model_version}: rebuild it with jobs/build_cache.py")
+        self.model_version, self.clusters, self.dim = self.meta["model_version"], self.meta["clusters"], self.meta["dim"]
+        self.states = np.load(d / "states.npy", mmap_mode="r")
+        self.valid = np.load(d / "valid.npy", mmap_mode="r")
+        self.keys = np.load(d / "keys.npy", mmap_mode="r")
+        self.table = np.load(d / "slots.npy", mmap_mode="r")
+
+    @staticmethod
+    def build(cache_dir: str | Path, out_dir: str | Path) -> Path:
+        """From a ``user_cache/`` Parquet folder, one file at a time (memory: one file's rows)."""
+        import pyarrow.parquet as pq
+
+        from semrec.data.io import parquet_files
+
+        cache_dir, out = Path(cache_dir), Path(out_dir)
+        manifest = json.loads((cache_dir / "_MANIFEST.json").read_text())
+        files = parquet_files(cache_dir, "user_cache")
+        n, width = manifest["rows"], manifest["clusters"] * manifest["dim"]
+        nbytes = (manifest["clusters"] + 7) // 8
+        out.mkdir(parents=True, exist_ok=True)
+        dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
+        states = np.lib.format.open_memmap(out / "states.npy", "w+", dtype, (n, width))
+        valid = np.lib.format.open_memmap(out / "valid.npy", "w+", np.uint8, (n, nbytes))
+        keys = np.empty(n, dtype=np.int64)
+        row = 0
+        for f in files:
+            t = pq.read_table(f)
+            k = len(t)
+            keys[row:row + k] = t.column("user_id").to_numpy()
+            states[row:row + k] = t.column("state").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(k, width)
+            valid[row:row + k] = t.column("valid").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(k, nbytes)
+            row += k
+        states.flush()
+        valid.flush()
+        np.save(out / "keys.npy", keys)
+        np.save(out / "slots.npy", build_slots(keys))
+        (out / STORE_META).write_text(json.dumps({k: manifest[k] for k in ("model_version", "clusters", "dim", "dtype")}
+                                                 | {"users": n}, indent=2) + "\n")
+        return out
+
+    def get(self, user_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = lookup(self.table, self.keys, np.atleast_1d(user_ids))
+        found = rows >= 0
+        r = np.where(found, rows, 0)
+        states = np.asarray(self.states[r], dtype=np.float32).reshape(len(r), self.clusters, self.dim)
+        valid = np.unpackbits(np.asarray(self.valid[r]), axis=1, count=self.clusters).astype(bool)
+        return states, valid, found
+
+
+class Scorer:
+    """Click logits of ``(user_id, candidates)`` from a DMQN model folder and a store of its user states."""
+
+    def __init__(self, model_dir: str | Path, store: MemmapStore):
+        from semrec.models.artefact import model_version
+        from semrec.models.ctr.paradigms import from_pretrained
+
+        self.model = from_pretrained(model_dir)
+        if self.model.paradigm not in ("dmqn", "dmqn-simple"):
+            raise InputError(f"{model_dir}: a {self.model.paradigm} model has no cacheable user state (dmqn only)")
+        self.version = model_version(model_dir)
+        if store.model_version != self.version:
+            raise StaleCache(f"the store was built by model {store.model_version}, {model_dir} is model "
+                             f"{self.version}: rebuild the cache with jobs/build_cache.py")
+        self.store, self.n_items = store, self.model.config["n_items"]
+        self.max_len = self.model.config["encoder"]["max_len"]
+
+    def score(self, user_id: int, items, history=None) -> tuple[np.ndarray, str]:
+        """(logits (C,), "cache" | "computed"). A user missing from the cache needs ``history`` (item ids in
+        time order), else KeyError; candidate ids outside 1..n_items are refused."""
+        import torch
+
+        items = np.asarray(items, dtype=np.int64).ravel()
+        bad = (items < 1) | (items > self.n_items)
+        if not len(items) or bad.any():
+            raise ValueError(f"candidate item {int(items[np.argmax(bad)]) if len(items) else None} is not in the "
+                             f"model's catalogue 1..{self.n_items}")
+        states, valid, found = self.store.get([user_id])
+        with torch.inference_mode():
+            if found[0]:
+                clusters, mask, source = torch.from_numpy(states), torch.from_numpy(valid), "cache"
+            else:
+                if history is None or not len(history):
+                    raise KeyError(f"user {user_id} is not in the cache and no history was given to compute it")
+                h = np.asarray(history, dtype=np.int64)[-self.max_len:]
+                if ((h < 1) | (h > self.n_items)).any():
+                    raise ValueError(f"user {user_id}: history item {int(h[(h < 1) | (h > self.n_items)][0])} is "
+                                     f"not in the model's catalogue 1..{self.n_items}")
+                clusters, mask = self.model.user_state(torch.from_numpy(h)[None])
+                source = "computed"
+            logits = self.model.score_state(clusters, mask, torch.from_numpy(items)[None])[0]
+        return logits.numpy(), source
