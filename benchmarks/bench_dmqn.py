@@ -12,7 +12,9 @@ Models (`train_ctr --paradigm ...`, DCN head, embedding 16): DIN-short (the last
 codewords, 1 HSTU layer), seeds 1-3:
 
     pytest benchmarks/bench_dmqn.py -s -k "auc and synthetic"
-    pytest benchmarks/bench_dmqn.py -s -k latency
+    pytest benchmarks/bench_dmqn.py -s -k latency_vs_length
+    pytest benchmarks/bench_dmqn.py -s -k http_latency        # the serve_dmqn deployment over HTTP, p50 / p99
+    pytest benchmarks/bench_dmqn.py -s -k cache_build         # build_cache at 100k and 1M users, peak RSS
 
 Results accumulate in benchmarks/results/dmqn.json; tables in benchmarks/results/dmqn_*.md.
 """
@@ -180,3 +182,151 @@ def test_latency_vs_length(benchmark):
     for c in (1, 100):
         v = r[f"L10000-C{c}"]
         assert v["dmqn_cached"][0] <= v["din_full"][0] / 10
+
+
+# ----------------------------------------------------------------------------- cache build and HTTP serving
+SCALE = {}
+SCALE_ITEMS, SCALE_LEN = 100_000, 200
+
+
+def _untrained_dmqn(out: Path, n_items: int, max_len: int) -> Path:
+    """A DMQN model folder with seeded untrained weights (throughput and latency do not depend on them)."""
+    from semrec.models.ctr.paradigms import build_paradigm, save_pretrained
+
+    if not (out / "config.json").exists():
+        torch.manual_seed(0)
+        spec = {"paradigm": "dmqn", "n_items": n_items, "n_users": 1, "dim": 16,
+                "base": {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True},
+                "long": {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
+                         "tau_min": 0.1, "anneal_steps": 2000, "top_k": 50, "din_hidden": [64, 32]},
+                "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
+        save_pretrained(build_paradigm(spec).eval(), out)
+    return out
+
+
+@pytest.mark.parametrize("users", [100_000, 1_000_000], ids=["100k", "1M"])
+def test_cache_build_at_scale(benchmark, ray_local, users):
+    """build_cache over synthetic long sequences (L = 200, 100k items) of 100k and 1M users, one actor: users/s
+    and the peak RSS of any single process; asserts the 1M peak is at most 1.3x the 100k one."""
+    from benchlib import PeakRSS
+
+    from semrec.data.synthetic import write_sequences
+    from semrec.pipelines.build_cache import main as build_cache
+
+    seqs = WORK / f"scale_seq{users}"
+    if not (seqs / "_DONE").exists():
+        write_sequences(seqs, users, SCALE_ITEMS, seed=0, rows_per_shard=100_000, long_length=SCALE_LEN - 10,
+                        future=10)
+        (seqs / "_DONE").write_text("")
+    model = _untrained_dmqn(WORK / "scale_model", SCALE_ITEMS, SCALE_LEN)
+    out = WORK / f"scale_cache{users}"
+    args = ["--model", str(model), "--sequences", str(seqs), "--output", str(out), "--overwrite",
+            "--ray.batch_size", "2048", "--no-memmap"]
+
+    def job():
+        with PeakRSS(interval=0.5) as rss:
+            assert build_cache(args) == 0
+        return rss
+
+    rss = benchmark.pedantic(job, rounds=1, iterations=1)
+    report = json.loads((out / "report.json").read_text())
+    m = {"users": users, "users_per_s": report["users_per_s"], "states_s": report["timings"]["states_s"],
+         "total_s": report["timings"]["total_s"], "bytes_per_user": report["bytes_per_user"],
+         "peak_rss_single_mb": round(rss.peak_single / 2**20), "peak_rss_total_mb": round(rss.peak_total / 2**20)}
+    benchmark.extra_info.update(m)
+    SCALE[users] = m
+    if len(SCALE) == 2:
+        small, big = SCALE[100_000], SCALE[1_000_000]
+        md = [f"build_cache on synthetic long sequences (L = {SCALE_LEN}, {SCALE_ITEMS:,} items), untrained DMQN "
+              "(d = 16, 4 x 32 codewords, 1 HSTU layer), float16 states, 1 actor, 2 cores.", "",
+              "| users | users/s | states s | job s | bytes / user | peak RSS, one process (MB) | peak RSS, all (MB) |",
+              "|---|---|---|---|---|---|---|"]
+        for r in (small, big):
+            md.append(f"| {r['users']:,} | {r['users_per_s']:,.0f} | {r['states_s']:.0f} | {r['total_s']:.0f} | "
+                      f"{r['bytes_per_user']:,} | {r['peak_rss_single_mb']:,} | {r['peak_rss_total_mb']:,} |")
+        ratio = big["peak_rss_single_mb"] / small["peak_rss_single_mb"]
+        md.append(f"\nPeak single-process RSS 1M / 100k: {ratio:.2f}x. Extrapolation (arithmetic, not measured): "
+                  f"100M users at {big['users_per_s']:,.0f} users/s per actor take {1e8 / big['users_per_s'] / 3600:.1f}"
+                  f" h / N actors, and {1e8 * big['bytes_per_user'] / 2**30:.0f} GiB of cache.")
+        write_result("dmqn_cache_scale", "\n".join(md))
+        assert ratio <= 1.3
+
+
+def test_http_latency(benchmark, ray_local):
+    """The serve_dmqn deployment on this machine, queried over loopback HTTP one request at a time: p50 / p99
+    of 200 requests for 1 and 100 candidates, from the cache and as a cache miss computed from a sent
+    history of L = 1,000, beside the in-process Scorer (the same work without HTTP and Serve's routing)."""
+    import socket
+    import urllib.request
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from semrec.pipelines.build_cache import main as build_cache
+    from semrec.pipelines.serve_dmqn import main as serve_main
+    from semrec.serve.cache import MemmapStore, Scorer
+
+    d = clicks("synthetic")
+    n_items, length = 20_000, FULL["synthetic"]
+    model = _untrained_dmqn(WORK / "http_model", n_items, length)
+    cache = WORK / "http_cache"
+    if not _done(cache):
+        assert build_cache(["--model", str(model), "--sequences", str(d / "histories"), "--output", str(cache),
+                            "--overwrite"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hist = pq.read_table(d / "histories").to_pydict()
+    rng = np.random.default_rng(0)
+    users = rng.choice(len(hist["user_id"]), 200)
+    scorer = Scorer(model, MemmapStore(cache / "store"))
+
+    def post(body: bytes) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/dmqn", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+
+    def percentiles(times):
+        t = np.sort(np.asarray(times)) * 1000
+        return round(float(np.percentile(t, 50)), 3), round(float(np.percentile(t, 99)), 3)
+
+    def measure():
+        out = {}
+        assert serve_main(["--model", str(model), "--cache", str(cache), "--port", str(port), "--detach",
+                           "--ray.address", ray_local.get_runtime_context().gcs_address]) == 0
+        try:
+            for c in (1, 100):
+                cands = [int(x) for x in rng.integers(1, n_items + 1, c)]
+                for path in ("cache", "miss"):
+                    bodies = [json.dumps({"user_id": int(hist["user_id"][u]) + (10**9 if path == "miss" else 0),
+                                          "items": cands, **({"history": hist["item_ids"][u]} if path == "miss"
+                                                             else {})}).encode() for u in users]
+                    post(bodies[0])  # warm-up
+                    http, local = [], []
+                    for u, b in zip(users, bodies):
+                        t0 = time.perf_counter()
+                        post(b)
+                        http.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        scorer.score(int(hist["user_id"][u]) + (10**9 if path == "miss" else 0), cands,
+                                     hist["item_ids"][u] if path == "miss" else None)
+                        local.append(time.perf_counter() - t0)
+                    out[f"C{c}-{path}"] = {"http": percentiles(http), "in_process": percentiles(local)}
+        finally:
+            serve.shutdown()
+        return out
+
+    torch.set_num_threads(1)
+    r = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    lines = [f"serve_dmqn over loopback HTTP (1 replica, 1 thread; 200 sequential requests; untrained DMQN, d = 16, "
+             f"4 x 32 codewords; a miss sends the user's history of L = {length:,}); p50 / p99 ms.", "",
+             "| candidates | path | HTTP (Ray Serve) | in-process Scorer |", "|---|---|---|---|"]
+    for c in (1, 100):
+        for path in ("cache", "miss"):
+            v = r[f"C{c}-{path}"]
+            lines.append(f"| {c} | {'cache' if path == 'cache' else 'miss: computed from the history'} | "
+                         f"{v['http'][0]} / {v['http'][1]} | {v['in_process'][0]} / {v['in_process'][1]} |")
+    write_result("dmqn_http", "\n".join(lines))

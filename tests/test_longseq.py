@@ -66,9 +66,11 @@ def test_mcqm_gumbel_while_training_argmax_at_inference_and_annealing():
     torch.manual_seed(0)
     q = MultiCodebookQuantizer(D, codebooks=3, codewords=8, tau0=1.0, tau_min=0.1, anneal_steps=10)
     e = torch.randn(4, 40, D)
+    valid = torch.ones(4, 40, dtype=torch.bool)
     q.eval()
-    hard = q.assign(e)
-    assert torch.equal(hard, q.assign(e)) and int(q.steps) == 0  # deterministic, no clock at inference
+    first = q(e, valid)
+    assert all(torch.equal(a, b) for a, b in zip(first, q(e, valid))) and int(q.steps) == 0  # no clock at inference
+    hard = torch.nn.functional.one_hot(q.scores(e).argmax(-1), 8).float()  # what inference pools by
     q.train()
     noisy = q.assign(e)
     assert int(q.steps) == 1 and not torch.equal(noisy.detach(), hard)  # Gumbel noise changes some choices
@@ -395,3 +397,94 @@ def test_redis_and_embedded_stores_agree_and_a_dead_server_never_gives_a_wrong_s
     computed, source = scorer.score(hist["user_id"][7], cands, history=hist["item_ids"][7])
     assert source == "computed: store unavailable"
     np.testing.assert_allclose(computed, cached, atol=0.05)  # the float16 cache vs the exact state
+
+
+# ----------------------------------------------------------------------------- serving over HTTP
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_ray_serve_deployment_scores_over_http_and_answers_bad_requests_with_4xx(
+        long_clicks, dmqn_model, tmp_path, capsys):
+    """The serve_dmqn job deploys on the session's Ray (a real Serve proxy, real HTTP on loopback); its scores
+    equal the in-process Scorer's; every bad request gets a 4xx with the reason."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from semrec.pipelines.serve_dmqn import APP_NAME
+    from semrec.pipelines.serve_dmqn import main as serve_main
+    from semrec.serve.cache import MemmapStore, Scorer
+
+    assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c", "--dtype", "float32") == 0
+    port = _free_port()
+    args = ["--model", str(dmqn_model), "--cache", str(tmp_path / "c"), "--port", str(port),
+            "--cpus_per_replica", "0.5"]
+    assert serve_main([*args, "--detach"]) != 0  # --detach needs a cluster: an in-process Ray would die with the job
+    assert "--detach leaves the deployment on a running cluster" in capsys.readouterr().err
+    stale = tmp_path / "model2"  # a model the cache was not built from: refused before anything is deployed
+    import shutil
+
+    shutil.copytree(dmqn_model, stale)
+    cfg = json.loads((stale / "config.json").read_text())
+    (stale / "model.safetensors").write_bytes((dmqn_model / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    assert serve_main([*args, "--model", str(stale), "--detach", "--ray.address", "auto"]) != 0
+    assert "rebuild" in capsys.readouterr().err
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    try:
+        assert serve_main([*args, "--detach", "--ray.address", address]) == 0
+        url = f"http://127.0.0.1:{port}/dmqn"
+        hist = pq.read_table(long_clicks / "histories").to_pydict()
+        scorer = Scorer(dmqn_model, MemmapStore(tmp_path / "c" / "store"))
+        user, cands = hist["user_id"][11], [4, 40, 400, 799]
+        status, body = _post(url, {"user_id": user, "items": cands})
+        assert status == 200 and body["source"] == "cache" and body["model_version"] == scorer.version
+        assert np.array_equal(np.float32(body["logits"]), scorer.score(user, cands)[0])
+        assert all(abs(p - 1 / (1 + np.exp(-x))) < 1e-9 for p, x in zip(body["probs"], body["logits"]))
+        # a user missing from the cache is computed from the history it is sent with, reported as such
+        status, body = _post(url, {"user_id": 10**9, "items": cands, "history": hist["item_ids"][11]})
+        assert status == 200 and body["source"] == "computed"
+        np.testing.assert_allclose(body["logits"], scorer.score(user, cands)[0], atol=1e-5)
+        bad = {
+            "not json": (b"{user_id: 1", 400, "not JSON"),
+            "no items": ({"user_id": user}, 400, "missing field 'items'"),
+            "empty items": ({"user_id": user, "items": []}, 400, "'items' is empty"),
+            "string ids": ({"user_id": user, "items": ["a"]}, 400, "integer item ids"),
+            "unknown candidate": ({"user_id": user, "items": [3, 801]}, 400, "candidate item 801 is not in"),
+            "history outside the catalogue": ({"user_id": 10**9, "items": [3], "history": [5, 0]}, 400,
+                                              "history item 0 is not in"),
+            "empty history": ({"user_id": 10**9, "items": [3], "history": []}, 400, "its history is empty"),
+            "unknown user": ({"user_id": 10**9, "items": [3]}, 404, f"user {10**9} is not in the cache"),
+            "too many candidates": ({"user_id": user, "items": [3] * 1001}, 413, "at most 1000"),
+            "unknown field": ({"user_id": user, "items": [3], "candidates": [4]}, 400, "unknown field"),
+        }
+        for name, (req, code, reason) in bad.items():
+            status, body = _post(url, req)
+            assert status == code and reason in body["error"], (name, status, body)
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=30) as r:
+            info = json.loads(r.read())
+        assert info["paradigm"] == "dmqn" and info["n_items"] == cfg["n_items"] and info["store"] == "memmap"
+    finally:
+        serve.shutdown()

@@ -445,6 +445,28 @@ class BuildCacheSettings(JobSettings):
     ray: RaySettings = RaySettings()
 
 
+class ServeSettings(JobSettings):
+    """A Ray Serve deployment scoring (user_id, candidate item ids) over HTTP from a DMQN model and its user-state
+    cache (the embedded memory-mapped store, or Redis), with cache misses computed from a sent history."""
+
+    model: Path = Field(..., description="the model/ folder of a train_ctr --paradigm dmqn (or dmqn-simple) output")
+    cache: Path | None = Field(None, description="the build_cache output folder of this model (its store/ is "
+                                                 "read, or its user_cache/ loaded into Redis)")
+    redis_url: str | None = Field(None, description="read the states from this Redis server (redis://host:port/db) "
+                                                    "instead of the embedded store")
+    host: str = Field("127.0.0.1", description="HTTP host of the Serve proxy (0.0.0.0 on a cluster)")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy")
+    route_prefix: str = Field("/dmqn", description="URL path of the deployment")
+    replicas: int = Field(1, ge=1, description="model replicas")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved per replica")
+    threads: int = Field(1, ge=1, description="torch threads per replica")
+    max_candidates: int = Field(1000, ge=1, description="candidates allowed per request (more: HTTP 413)")
+    detach: bool = Field(False, description="return once the deployment answers and leave it running on the "
+                                            "cluster (needs --ray.address or ray job submit); default: serve "
+                                            "until interrupted")
+    ray: RaySettings = RaySettings()
+
+
 class UserEncoderSettings(Section):
     """The UIST user autoencoder (transformer encoder -> additive attention -> z -> causal decoder)."""
 

@@ -26,12 +26,12 @@ EXCLUDES = [".venv", ".git", "out", "data", "*.egg-info", ".benchmarks", "__pyca
 
 
 def _jobs() -> dict:
-    from semrec.config.settings import (BuildCacheSettings, PrepareDataSettings, TokenizeItemsSettings,
+    from semrec.config.settings import (BuildCacheSettings, PrepareDataSettings, ServeSettings, TokenizeItemsSettings,
                                         TokenizeUsersSettings, TrainCTRSettings, TrainSeqRecSettings)
 
     return {"tokenize_items": TokenizeItemsSettings, "tokenize_users": TokenizeUsersSettings,
             "train_seqrec": TrainSeqRecSettings, "train_ctr": TrainCTRSettings, "prepare_data": PrepareDataSettings,
-            "build_cache": BuildCacheSettings}
+            "build_cache": BuildCacheSettings, "serve_dmqn": ServeSettings}
 
 
 def absolute_paths(entrypoint: list[str], cwd: Path | None = None) -> list[str]:

@@ -232,24 +232,30 @@ class Scorer:
         if not len(items) or bad.any():
             raise ValueError(f"candidate item {int(items[np.argmax(bad)]) if len(items) else None} is not in the "
                              f"model's catalogue 1..{self.n_items}")
+        h = None
+        if history is not None:  # checked whenever sent, read only on a miss
+            h = np.asarray(history, dtype=np.int64).ravel()
+            bad = (h < 1) | (h > self.n_items)
+            if bad.any():
+                raise ValueError(f"user {user_id}: history item {int(h[np.argmax(bad)])} is not in the model's "
+                                 f"catalogue 1..{self.n_items}")
         try:
             states, valid, found = self.store.get([user_id])
             miss = "computed"
         except StoreUnavailable:
-            if history is None:
+            if h is None:
                 raise
             found, miss = [False], "computed: store unavailable"
         with torch.inference_mode():
             if found[0]:
                 clusters, mask, source = torch.from_numpy(states), torch.from_numpy(valid), "cache"
             else:
-                if history is None or not len(history):
+                if h is None:
                     raise KeyError(f"user {user_id} is not in the cache and no history was given to compute it")
-                h = np.asarray(history, dtype=np.int64)[-self.max_len:]
-                if ((h < 1) | (h > self.n_items)).any():
-                    raise ValueError(f"user {user_id}: history item {int(h[(h < 1) | (h > self.n_items)][0])} is "
-                                     f"not in the model's catalogue 1..{self.n_items}")
-                clusters, mask = self.model.user_state(torch.from_numpy(h)[None])
+                if not len(h):
+                    raise ValueError(f"user {user_id} is not in the cache and its history is empty: nothing to "
+                                     f"compute its state from")
+                clusters, mask = self.model.user_state(torch.from_numpy(h[-self.max_len:])[None])
                 source = miss
             logits = self.model.score_state(clusters, mask, torch.from_numpy(items)[None])[0]
         return logits.numpy(), source

@@ -52,6 +52,9 @@ def ndcg_sums(impressions: np.ndarray, labels: np.ndarray, scores: np.ndarray, k
     return float(gain[ok].sum()), int(ok.sum())
 
 
+EVAL_ROWS = 65_536  # rows per evaluation forward
+EVAL_ELEMENTS = 1 << 21  # rows x history length per evaluation forward
+
 class ParadigmInputs:
     """Per-row (user row, item id) of click samples and the per-user / per-item tables a paradigm reads."""
 
@@ -156,7 +159,11 @@ class CTRFamily:
         else:  # whole impressions per rank (nDCG ranks candidates of one impression)
             rows = np.flatnonzero(data.impressions % world == rank)
         logloss, pos, neg, ndcg, imps = 0.0, 0.0, 0.0, 0.0, 0
-        cuts = np.arange(65_536, len(rows), 65_536)
+        # rows per forward: 65,536, fewer when every row carries a history (a full-sequence model at L = 1,000
+        # would otherwise hold ~10^11 activations); the metrics do not depend on the chunking
+        hist_len = self.inputs.max_len if self.inputs is not None and self.inputs.needs_history else 0
+        chunk = min(EVAL_ROWS, max(256, EVAL_ELEMENTS // max(1, hist_len)))
+        cuts = np.arange(chunk, len(rows), chunk)
         if data.impressions is not None:  # chunks end where an impression starts: never cut one in two
             starts = np.append(np.flatnonzero(np.diff(data.impressions[rows]) != 0) + 1, len(rows))
             cuts = np.unique(starts[np.searchsorted(starts, cuts)])

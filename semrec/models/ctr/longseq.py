@@ -53,19 +53,23 @@ class MultiCodebookQuantizer(nn.Module):
         return torch.einsum("bnle,nwe->bnlw", torch.einsum("bld,nde->bnle", e, self.proj), self.codewords)
 
     def assign(self, e: torch.Tensor) -> torch.Tensor:
-        """(B, N, L, W) one-hot codeword choices: Gumbel-softmax (straight-through) in training, argmax else."""
-        s = self.scores(e)
-        if self.training:
-            self.steps += 1
-            return F.gumbel_softmax(s, tau=self.tau(), hard=True, dim=-1)
-        return F.one_hot(s.argmax(-1), self.w).to(e.dtype)
+        """(B, N, L, W) one-hot codeword choices: Gumbel-softmax, straight-through (training)."""
+        self.steps += 1
+        return F.gumbel_softmax(self.scores(e), tau=self.tau(), hard=True, dim=-1)
 
     def forward(self, e: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        onehot = self.assign(e) * valid[:, None, :, None].to(e.dtype)
-        counts = onehot.sum(2)  # (B, N, W)
-        sums = torch.einsum("bnlw,bld->bnwd", onehot, e)
+        b, length, d = e.shape
+        w = valid.to(e.dtype)
+        if self.training:
+            onehot = self.assign(e) * w[:, None, :, None]
+            counts = onehot.sum(2)  # (B, N, W)
+            sums = torch.einsum("bnlw,bld->bnwd", onehot, e)
+        else:  # argmax, pooled by scatter: no (B, N, L, W) one-hot (int64 at L = 10k it would be GBs)
+            idx = self.scores(e).argmax(-1)  # (B, N, L)
+            counts = e.new_zeros(b, self.n, self.w).scatter_add_(2, idx, w[:, None, :].expand(b, self.n, length))
+            sums = e.new_zeros(b, self.n, self.w, d).scatter_add_(
+                2, idx[..., None].expand(b, self.n, length, d), (e * w[..., None])[:, None].expand(b, self.n, length, d))
         clusters = sums / counts.clamp(min=1.0).unsqueeze(-1)
-        b = e.shape[0]
         return clusters.reshape(b, self.n * self.w, -1), (counts > 0.5).reshape(b, self.n * self.w)
 
 
