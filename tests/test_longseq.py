@@ -488,3 +488,41 @@ def test_the_ray_serve_deployment_scores_over_http_and_answers_bad_requests_with
         assert info["paradigm"] == "dmqn" and info["n_items"] == cfg["n_items"] and info["store"] == "memmap"
     finally:
         serve.shutdown()
+
+
+@pytest.mark.realdata
+def test_alimama_rows_smoke_dmqn_end_to_end(ray_local, tmp_path, capsys):
+    """The 500 real Alimama display-ad rows (DMR layout): prepare -> train DMQN -> build the cache -> a cached
+    score equals the model's forward. Quality is not the point of 500 rows (bench_dmqn has the AUC tables)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from helpers import shared
+    from semrec.models.ctr.paradigms import from_pretrained
+    from semrec.pipelines.prepare_data import main as prepare
+    from semrec.pipelines.train_ctr import main as train
+    from semrec.serve.cache import MemmapStore, Scorer
+
+    src = shared("taobao_ad_dmr", "alimama_sampled_train.txt")
+    d = tmp_path / "ali"
+    assert prepare(["--format", "alimama", "--input", str(src), "--output", str(d)]) == 0
+    hist = pq.read_table(d / "histories").to_pydict()
+    assert len(hist["user_id"]) == 500 and pq.read_table(d / "test").num_rows == 100
+    assert 40 <= np.mean([len(h) for h in hist["item_ids"]]) <= 50  # ~49.8 real behaviours per row
+    args = ["--train_data", d / "train", "--test_data", d / "test", "--histories", d / "histories", "--paradigm",
+            "dmqn", "--output", tmp_path / "m", "--run_dir", tmp_path / "runs", "--model.max_len", "50", *LONG[:2],
+            "--model.hidden", "[32]", "--model.codebooks", "2", "--model.codewords", "8", "--train.epochs", "2"]
+    assert train([str(a) for a in args]) == 0
+    assert 0 < json.loads((tmp_path / "m" / "metrics.json").read_text())["metrics"]["test_AUC"] < 1
+    assert _build_cache(tmp_path / "m" / "model", d / "histories", tmp_path / "c", "--dtype", "float32") == 0
+    model = from_pretrained(tmp_path / "m" / "model")
+    scorer = Scorer(tmp_path / "m" / "model", MemmapStore(tmp_path / "c" / "store"))
+    got, source = scorer.score(hist["user_id"][3], [1, 2])
+    with torch.no_grad():
+        ref = model(torch.zeros(2, dtype=torch.long), torch.tensor([1, 2]),
+                    torch.tensor(hist["item_ids"][3]).expand(2, -1)).numpy()
+    assert source == "cache" and np.array_equal(got, ref)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(src.read_text().splitlines()[0] + "\n1,2,3\n")
+    assert prepare(["--format", "alimama", "--input", str(bad), "--output", str(tmp_path / "out")]) != 0
+    assert f"{bad}:2: expected 267 numbers" in capsys.readouterr().err and not (tmp_path / "out").exists()

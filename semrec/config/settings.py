@@ -183,8 +183,8 @@ class TokenizeItemsSettings(JobSettings):
 class PrepareDataSettings(JobSettings):
     """Convert a public dataset format (or a synthetic generator) to semrec's Parquet tables."""
 
-    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "libfm", "synthetic",
-                    "clicks"] = Field(..., description="input format (clicks: impressions built from the "
+    format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "alimama", "libfm",
+                    "synthetic", "clicks"] = Field(..., description="input format (clicks: impressions built from the "
                                                         "user_sequences of an earlier prepare_data output)")
     input: list[Path] = Field([], description="input file(s)/folder (see README: Data adapters)")
     output: Path = Field(..., description="output folder: one sub-folder per table")

@@ -258,6 +258,66 @@ def taobao_userbehavior(csv_path: str | Path) -> dict[str, pa.Table]:
     return {"interactions": inter, "user_sequences": sequences_table(seqs, ts), "items": items}
 
 
+def alimama_dmr(path: str | Path, test_every: int = 5) -> dict[str, pa.Table]:
+    """Alimama display-ad samples in the DMR layout (267 comma-separated numbers per line: 50 behaviour types,
+    their 50 category ids, 50 brand ids, 50 padding-mask values (1 = a real behaviour), 50 match-mask values,
+    user id and profile (250-258), ad id, category, campaign, customer, brand, price, pid, click label (266))
+    -> ``histories`` / ``train`` / ``test`` in the ``prepare_data --format clicks`` layout, for a long-sequence
+    CTR smoke test.
+
+    The behaviour log has categories, not item ids, so the "items" are categories (made dense, 1..N, over the
+    behaviours and the ads): a row's history is the categories of its real behaviours and its candidate is
+    the ad's category. Each row carries its own history, so each row is its own user (``user_id`` = line
+    number) and its own impression of one candidate; every ``test_every``-th line is a test row. AUC only
+    (nDCG over one candidate is trivially 1)."""
+    from semrec.schemas import CTR_SAMPLES, encode_metadata
+
+    p = Path(path)
+    hist, cands, labels = [], [], []
+    for lineno, line in _lines(p):
+        f = line.strip().split(",")
+        try:
+            if len(f) != 267:
+                raise ValueError(f"{len(f)} fields")
+            cats, mask = [int(x) for x in f[50:100]], [int(x) for x in f[150:200]]
+            label, cand = int(f[266]), int(f[260])
+            if label not in (0, 1):
+                raise ValueError(f"label {label}")
+        except ValueError as e:
+            raise InputError(f"{p}:{lineno}: expected 267 numbers in the DMR layout with a 0/1 label in the "
+                             f"last column ({e})") from None
+        h = [c for c, m in zip(cats, mask) if m == 1]
+        if not h:
+            raise InputError(f"{p}:{lineno}: no behaviours (the padding mask, columns 150-199, is all 0)")
+        hist.append(h)
+        cands.append(cand)
+        labels.append(label)
+    if not hist:
+        raise InputError(f"{p}: no rows")
+    raw = sorted({c for h in hist for c in h} | set(cands))
+    dense = {r: i + 1 for i, r in enumerate(raw)}
+    n, u = len(raw), len(hist)
+    users = list(range(1, u + 1))
+    hist_table = pa.table({"user_id": pa.array(users, pa.int64()),
+                           "item_ids": pa.array([[dense[c] for c in h] for h in hist], pa.list_(pa.int64()))},
+                          schema=USER_SEQUENCES.schema(with_optional=False))
+    meta = {"table": "ctr_samples", "n_features": u + n + 1, "fields": ["user", "item"], "n_items": n,
+            "n_users": u, "negatives": 0, "impressions": None, "source": "alimama-dmr"}
+
+    def samples(rows: list[int]) -> pa.Table:
+        items = [dense[cands[r]] for r in rows]
+        t = pa.table({"label": pa.array([labels[r] for r in rows], pa.int8()),
+                      "features": pa.array([[r, u + i] for r, i in zip(rows, items)], pa.list_(pa.int64())),
+                      "impression_id": pa.array(rows, pa.int64()),
+                      "user_id": pa.array([users[r] for r in rows], pa.int64()),
+                      "item_id": pa.array(items, pa.int64())}, schema=CTR_SAMPLES.schema())
+        return t.replace_schema_metadata(encode_metadata(meta))
+
+    test = [r for r in range(u) if r % test_every == test_every - 1]
+    train = [r for r in range(u) if r % test_every != test_every - 1]
+    return {"histories": hist_table, "train": samples(train), "test": samples(test)}
+
+
 FRAPPE_FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
 
 
@@ -303,6 +363,7 @@ FORMATS = {
     "movielens": "MovieLens-100k folder with u.item and u.data",
     "mind": "MIND news.tsv and/or behaviors.tsv (--input one or both files)",
     "taobao": "Taobao UserBehavior.csv",
+    "alimama": "Alimama/Taobao display-ad samples in the DMR layout (alimama_sampled_train.txt)",
     "libfm": "libFM one-hot CTR rows, one feature per field (Frappe's frappe.*.libfm)",
 }
 
@@ -323,6 +384,8 @@ def convert(fmt: str, inputs: list[Path]) -> dict[str, pa.Table]:
         return movielens_100k(inputs[0])
     if fmt == "taobao":
         return taobao_userbehavior(inputs[0])
+    if fmt == "alimama":
+        return alimama_dmr(inputs[0])
     if fmt == "libfm":
         return libfm_ctr(inputs[0], FRAPPE_FIELDS if "frappe" in inputs[0].name else None)
     by_suffix = {p.name: p for p in inputs}
