@@ -22,7 +22,19 @@ Step = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _top_per_row(rows: np.ndarray, scores: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores of each row (row ascending, score descending, ties by ``tie`` ascending)."""
+    """Indices of the k best scores of each row (row ascending, score descending, ties by ``tie`` ascending).
+    ``rows`` must be grouped (ascending). A linear-time partition first keeps, per row, the candidates at or
+    above the row's k-th best score (ties included), so only ~k per row are sorted: O(candidates + k log k)."""
+    n = len(rows)
+    counts = np.bincount(rows)
+    width = int(counts.max()) if n else 0
+    if width > 2 * k:
+        pos = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+        dense = np.full((len(counts), width), -np.inf)
+        dense[rows, pos] = scores
+        threshold = np.partition(dense, width - k, axis=1)[:, width - k]
+        sub = np.flatnonzero(scores >= threshold[rows])
+        return sub[_top_per_row(rows[sub], scores[sub], tie[sub], k)]
     order = np.lexsort((tie, -scores, rows))
     r = rows[order]
     first = np.searchsorted(r, r, side="left")
@@ -40,10 +52,10 @@ def beam_search(trie: CodeTrie, step: Step, batch: int, beam: int) -> tuple[np.n
     for level in range(trie.levels):
         logp = step(level, torch.from_numpy(prefixes), torch.from_numpy(rows))
         parent, codes, child = trie.expand(nodes)
-        lp = logp.detach().to(torch.float64)[torch.from_numpy(parent), torch.from_numpy(codes)].numpy()
-        cand = scores[parent] + lp
-        keep = _top_per_row(rows[parent], cand, child, beam)  # ties: prefix order (= node id)
-        nodes, rows, scores = child[keep], rows[parent][keep], cand[keep]
+        cand = scores[parent] + logp.detach().to(torch.float64).numpy()[parent, codes]
+        crow = rows[parent]
+        keep = _top_per_row(crow, cand, child, beam)  # ties: prefix order (= node id)
+        nodes, rows, scores = child[keep], crow[keep], cand[keep]
         prefixes = np.concatenate([prefixes[parent[keep]], codes[keep, None]], axis=1)
     items = np.full((batch, beam), -1, dtype=np.int64)
     out = np.full((batch, beam), -np.inf, dtype=np.float32)
