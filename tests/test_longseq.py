@@ -222,6 +222,25 @@ def test_sim_hard_trains_with_the_items_categories(long_clicks, tmp_path):
     assert model.user.categories.max() > 0  # the items' first categories reached the search
 
 
+def test_category_features_embed_items_as_id_plus_category(long_clicks, tmp_path):
+    from semrec.models.ctr.paradigms import IDCategoryTable, from_pretrained
+    from semrec.pipelines.train_ctr import main
+
+    out = tmp_path / "dmqn-cat"
+    args = ["--train_data", long_clicks / "train", "--test_data", long_clicks / "test", "--histories",
+            long_clicks / "histories", "--paradigm", "dmqn", "--model.category_features", "--output", out,
+            "--run_dir", tmp_path / "runs", *LONG]
+    assert main([str(a) for a in args]) == 0
+    model = from_pretrained(out / "model")
+    assert isinstance(model.item, IDCategoryTable) and model.item.categories.max() > 0
+    ids = torch.tensor([[3, 67], [0, 5]])
+    expected = model.item.ids(ids) + model.item.cats.table.weight[model.item.categories[ids].long()]
+    torch.testing.assert_close(model.item(ids), expected)
+    assert (model.item(torch.tensor([0])) == 0).all()  # padding stays zero
+    args[args.index("dmqn")] = "id-enc"
+    assert main([str(a) for a in args]) != 0  # the flag belongs to the long-sequence paradigms
+
+
 def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
     import pyarrow as pa
 

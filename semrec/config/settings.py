@@ -333,6 +333,9 @@ class CTRModelSettings(Section):
     anneal_steps: int = Field(2000, ge=1, description="dmqn: tau = max(tau_min, tau0 * exp(-step / anneal_steps))")
     top_k: int = Field(50, ge=1, description="sim-hard: behaviours retrieved from the candidate's category")
     din_hidden: list[int] = Field([64, 32], description="din / sim-hard: activation-unit MLP widths")
+    category_features: bool = Field(False, description="din / sim-hard / dmqn: embed each item as its ID plus its "
+                                                       "first category (from --items), as the papers' item id + "
+                                                       "category id features")
     embedding_l2: float | None = Field(None, ge=0, description="L2 penalty (coefficient / 2 x squared norm) on the "
                                                                "whole feature-embedding tables each step, as "
                                                                "FuxiCTR's embedding_regularizer (default: 0.05; "

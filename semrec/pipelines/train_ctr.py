@@ -38,10 +38,18 @@ def paradigm_spec(s: TrainCTRSettings, meta: dict) -> dict:
             "dim": m.embedding_dim, "aggregation": m.aggregation,
             "encoder": {"layers": m.encoder_layers, "heads": m.encoder_heads, "max_len": m.max_len,
                         "dropout": m.encoder_dropout}}
+    if m.category_features and USER_SIDE[p] != "target":
+        raise InputError(f"--model.category_features applies to din / sim-hard / dmqn / dmqn-simple, not {p}")
     if USER_SIDE[p] == "target":
         spec["long"] = {"codebooks": m.codebooks, "codewords": m.codewords, "hstu_layers": m.hstu_layers,
                         "heads": m.hstu_heads, "dropout": m.encoder_dropout, "tau0": m.tau0, "tau_min": m.tau_min,
-                        "anneal_steps": m.anneal_steps, "top_k": m.top_k, "din_hidden": m.din_hidden}
+                        "anneal_steps": m.anneal_steps, "top_k": m.top_k, "din_hidden": m.din_hidden,
+                        "categories": 0}
+        if m.category_features:
+            from semrec.data.items import load_item_categories
+
+            items = s.items or Path(s.histories).parent / "items"
+            spec["long"]["categories"] = int(load_item_categories(items, spec["n_items"]).max()) + 1
     item_q = None
     if ITEM_SIDE[p] == "tokens":
         info = token_table_info(s.item_tokens)
@@ -97,7 +105,7 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     t0 = time.perf_counter()
     cfg = worker_config(s, ("train_data", "test_data", "histories", "item_tokens", "item_embeddings", "user_tokens",
                             "items"))
-    if s.paradigm == "sim-hard" and cfg["items"] is None:
+    if (s.paradigm == "sim-hard" or s.model.category_features) and cfg["items"] is None:
         cfg["items"] = str(Path(cfg["histories"]).parent / "items")
     # validate both files and the model before starting Ray (clear errors, nothing published)
     train_data = load_ctr(s.train_data, s.n_features)

@@ -78,7 +78,7 @@ class ParadigmInputs:
             self.assets["user_codes"] = torch.from_numpy(codes)
         if USER_SIDE[p] == "cached":
             self.assets["z"] = torch.from_numpy(load_user_vectors(Path(config["user_tokens"]) / "user_embeddings", users))
-        if p == "sim-hard":
+        if p == "sim-hard" or spec.get("long", {}).get("categories"):
             from semrec.data.items import load_item_categories
 
             self.assets["item_categories"] = torch.from_numpy(load_item_categories(config["items"], self.n_items))

@@ -94,6 +94,20 @@ class IDTable(nn.Module):
         return self.table(ids)
 
 
+class IDCategoryTable(nn.Module):
+    """An item's ID embedding plus its (first) category's embedding, as DIN / SIM / DMQN feed behaviours and
+    candidates (item id + category id features); category 0 = none, embedded as zero."""
+
+    def __init__(self, rows: int, dim: int, categories: torch.Tensor, n_categories: int):
+        super().__init__()
+        self.ids = IDTable(rows, dim, padding_row=True)
+        self.register_buffer("categories", categories.to(torch.int32))
+        self.cats = IDTable(n_categories, dim, padding_row=True)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.ids(ids) + self.cats(self.categories[ids].long())
+
+
 class ParadigmCTR(nn.Module):
     """``forward(users, items, history)``: users (B,) user rows, items (B,) item ids, history (B, L) item ids
     (left-padded; only read by encoder user sides) -> click logits (B,)."""
@@ -159,7 +173,8 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
     (hidden, layers, heads, max_len, dropout), aggregation (uist), long (din / sim-hard / dmqn: codebooks,
     codewords, hstu_layers, heads, dropout, tau0, tau_min, anneal_steps, top_k, din_hidden). ``assets``:
     item_codes (n_items + 1, K), text (n_items + 1, D), user_codes (n_users, K_u), z (n_users, D_z),
-    item_categories (n_items + 1,) for sim-hard; zeros of the spec's shapes when
+    item_categories (n_items + 1,) for sim-hard and long.categories > 0 (category embeddings); zeros of the
+    spec's shapes when
     omitted (``from_pretrained`` then loads the saved ones)."""
     p = spec["paradigm"]
     if p not in PARADIGMS:
@@ -176,7 +191,10 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
                             compact_codes(a.get("user_codes", torch.zeros(u, nu, dtype=torch.long)), spec["user_sizes"]))
         model.config = dict(spec)
         return model
-    if side == "id":
+    n_cat = spec.get("long", {}).get("categories", 0)
+    if side == "id" and n_cat:
+        item = IDCategoryTable(n + 1, d, a.get("item_categories", torch.zeros(n + 1, dtype=torch.int32)), n_cat)
+    elif side == "id":
         item = IDTable(n + 1, d, padding_row=True)
     elif side == "text":
         item = FrozenVectors(a.get("text", torch.zeros(n + 1, spec.get("text_dim") or 1)), d, padding_row=True)
