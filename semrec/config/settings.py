@@ -448,6 +448,57 @@ class BuildCacheSettings(JobSettings):
     ray: RaySettings = RaySettings()
 
 
+class GenerativeModelSettings(Section):
+    """The TIGER-style encoder-decoder over code tokens (semrec.models.generative)."""
+
+    dim: int = Field(128, ge=8, description="model width")
+    heads: int = Field(4, ge=1, description="attention heads")
+    encoder_layers: int = Field(2, ge=1, description="encoder layers over the history's code tokens")
+    decoder_layers: int = Field(2, ge=1, description="decoder layers emitting the next item's codes")
+    ffn: int = Field(512, ge=8, description="feed-forward width")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout")
+    max_items: int = Field(20, ge=1, description="history items read (the last max_items; TIGER: 20)")
+
+    @model_validator(mode="after")
+    def _dims(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        return self
+
+
+class GenerativeEvalSettings(Section):
+    beam: int = Field(20, ge=1, description="beam size of the trie-constrained search (Recall@k needs beam >= k)")
+    batch_users: int = Field(128, ge=1, description="users decoded together")
+    valid_fraction: float = Field(1.0, gt=0, le=1, description="share of users validated each epoch (early "
+                                                               "stopping); the test always uses every user")
+
+
+class TrainGenerativeSettings(JobSettings):
+    """Train a TIGER-style generative recommender on the item token table (codes + suffix) with Ray Train;
+    evaluate leave-one-out over the whole catalogue by trie-constrained beam search; publish metrics and the
+    model."""
+
+    sequences: Path = Field(..., description="user_sequences Parquet (prepare_data.py --format s3rec ...)")
+    tokens: Path = Field(..., description="tokenize_items output folder (its token_table/ gives each item's codes "
+                                          "and collision suffix)")
+    dataset: str | None = Field(None, description="dataset name in the report (default: the sequences' folder)")
+    n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
+    output: Path = Field(Path("out/generative"), description="output folder (replaced atomically on success)")
+    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
+    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings); "
+                                                   "a rerun with the same name resumes from its latest checkpoint")
+    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
+    model: GenerativeModelSettings = GenerativeModelSettings()
+    train: TrainSettings = TrainSettings()
+    eval: GenerativeEvalSettings = GenerativeEvalSettings()
+    ray: RaySettings = RaySettings()
+
+    @field_validator("dataset", "run_name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        return TrainSeqRecSettings._safe_name(v)
+
+
 class ServeSettings(JobSettings):
     """A Ray Serve deployment scoring (user_id, candidate item ids) over HTTP from a DMQN model and its user-state
     cache (the embedded memory-mapped store, or Redis), with cache misses computed from a sent history."""

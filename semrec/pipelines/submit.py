@@ -27,11 +27,12 @@ EXCLUDES = [".venv", ".git", "out", "data", "*.egg-info", ".benchmarks", "__pyca
 
 def _jobs() -> dict:
     from semrec.config.settings import (BuildCacheSettings, PrepareDataSettings, ServeSettings, TokenizeItemsSettings,
-                                        TokenizeUsersSettings, TrainCTRSettings, TrainSeqRecSettings)
+                                        TokenizeUsersSettings, TrainCTRSettings, TrainGenerativeSettings,
+                                        TrainSeqRecSettings)
 
     return {"tokenize_items": TokenizeItemsSettings, "tokenize_users": TokenizeUsersSettings,
             "train_seqrec": TrainSeqRecSettings, "train_ctr": TrainCTRSettings, "prepare_data": PrepareDataSettings,
-            "build_cache": BuildCacheSettings, "serve_dmqn": ServeSettings}
+            "build_cache": BuildCacheSettings, "serve_dmqn": ServeSettings, "train_generative": TrainGenerativeSettings}
 
 
 def absolute_paths(entrypoint: list[str], cwd: Path | None = None) -> list[str]:
