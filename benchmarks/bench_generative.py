@@ -1,0 +1,57 @@
+"""TIGER-style generative retrieval on Amazon Beauty (issue 12): full-catalogue Recall / NDCG from the trained
+model, next to TIGER's published Beauty numbers and semrec's SASRec `id` full ranking on the same S3-Rec
+leave-one-out split (bench_seqrec's run, read from results/seqrec.json).
+
+Inputs are bench_seqrec's: out/bench_seqrec/data/beauty.parquet and the hybrid RQ-VAE 3 x 256 token table
+out/bench_seqrec/tokens/beauty-hybrid-256 (codes + collision suffix = 4 tokens per item); run bench_seqrec's
+Beauty token step first. On 2 CPU cores the budget is `EPOCHS` epochs (TIGER trains ~200k steps of 256 on a
+GPU), so this is a floor of what the model does, not a reproduction:
+
+    pytest benchmarks/bench_generative.py -s
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from benchlib import RESULTS, write_result
+
+from semrec.pipelines.train_generative import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+SEQ = Path("out/bench_seqrec")
+WORK = Path("out/bench_generative")
+EPOCHS = 15
+TIGER = {"Recall@5": 0.0454, "Recall@10": 0.0648, "NDCG@5": 0.0321, "NDCG@10": 0.0384}
+
+
+def test_tiger_style_on_beauty(benchmark, ray_local):
+    data, tokens = SEQ / "data" / "beauty.parquet", SEQ / "tokens" / "beauty-hybrid-256"
+    if not (data.exists() and (tokens / "token_table").exists()):
+        pytest.skip(f"run bench_seqrec's Beauty data and token steps first ({data}, {tokens})")
+    out = WORK / "beauty"
+    args = ["--sequences", str(data), "--tokens", str(tokens), "--dataset", "beauty", "--output", str(out),
+            "--overwrite", "--run_dir", str(WORK / "ray_train"), "--run_name", "beauty-tiger",
+            "--train.epochs", str(EPOCHS), "--train.batch_size", "256", "--train.lr", "1e-3", "--train.patience", "5",
+            "--eval.beam", "20", "--eval.valid_fraction", "0.2", "--model.max_items", "20"]
+    if not (out / "metrics.json").exists():
+        benchmark.pedantic(lambda: main(args), rounds=1, iterations=1)
+    report = json.loads((out / "metrics.json").read_text())
+    m = {k[5:]: v for k, v in report["metrics"].items() if k.startswith("test_")}
+    benchmark.extra_info.update(m)
+    sas = json.loads((RESULTS / "seqrec.json").read_text()) if (RESULTS / "seqrec.json").exists() else {}
+    sid = next((r["metrics"] for k, r in sas.items() if k.startswith("beauty-id")), {})
+    lines = [f"Beauty, leave-one-out, full catalogue ({report['items']:,} items, {report['users']:,} users); "
+             f"TIGER-style encoder-decoder ({report['params']:,} parameters), {report['epochs_run']} epochs on 2 CPU "
+             f"cores (best {report['best_epoch'] + 1}), beam {report['beam']} through the code trie.", "",
+             "| model | Recall@5 | Recall@10 | Recall@20 | NDCG@5 | NDCG@10 | NDCG@20 |", "|---|---|---|---|---|---|---|",
+             "| semrec TIGER-style (measured) | " + " | ".join(f"{m[k]:.4f}" for k in
+                                                      ("Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10",
+                                                       "NDCG@20")) + " |",
+             f"| TIGER (paper, Table) | {TIGER['Recall@5']} | {TIGER['Recall@10']} | - | {TIGER['NDCG@5']} | "
+             f"{TIGER['NDCG@10']} | - |"]
+    if sid:
+        lines.append(f"| semrec SASRec id, full ranking, history excluded (bench_seqrec) | - | "
+                     f"{sid.get('test_full_HIT@10', float('nan')):.4f} | {sid.get('test_full_HIT@20', float('nan')):.4f} | - | "
+                     f"{sid.get('test_full_NDCG@10', float('nan')):.4f} | {sid.get('test_full_NDCG@20', float('nan')):.4f} |")
+    write_result("generative_beauty", "\n".join(lines))
