@@ -151,6 +151,28 @@ class JobSettings(BaseSettings):
                                                "of this job (never an input, a file, or the working directory)")
 
 
+def safe_name(v: str | None) -> str | None:
+    """``v`` if it is safe as a file or folder name (None passes)."""
+    if v is not None and (not SAFE_NAME.fullmatch(v) or set(v) == {"."}):
+        raise ValueError(f"{v!r} is not a safe name (it becomes a file or folder name): use letters, digits, "
+                         f"'.', '_' and '-', starting with a letter or digit, at most 128 characters")
+    return v
+
+
+class RayTrainJobSettings(JobSettings):
+    """A job that trains on Ray Train: where its per-epoch checkpoints live and how a rerun resumes."""
+
+    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
+    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings); "
+                                                   "a rerun with the same name resumes from its latest checkpoint")
+    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, v: str | None) -> str | None:
+        return safe_name(v)
+
+
 class TokenizeItemsSettings(JobSettings):
     """items (or precomputed embeddings) -> embed -> fit quantizer on a sample -> assign all -> suffix ->
     token table + quantizer artefact + report, published atomically at --output."""
@@ -269,7 +291,7 @@ class EvalSettings(Section):
                                                                "epoch): a fixed hash sample; test covers everyone")
 
 
-class TrainSeqRecSettings(JobSettings):
+class TrainSeqRecSettings(RayTrainJobSettings):
     """Train SASRec with ID, semantic, unified or joint item tokens on Ray Train; evaluate leave-one-out
     with 99 sampled negatives (+ full ranking); publish metrics, a results table and the model."""
 
@@ -281,22 +303,15 @@ class TrainSeqRecSettings(JobSettings):
     dataset: str | None = Field(None, description="dataset name for the negatives cache (default: folder name)")
     n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
     output: Path = Field(Path("out/seqrec"), description="output folder (replaced atomically on success)")
-    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
-    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings); "
-                                                   "a rerun with the same name resumes from its latest checkpoint")
-    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
     model: SeqRecModelSettings = SeqRecModelSettings()
     train: SeqRecTrainSettings = SeqRecTrainSettings()
     eval: EvalSettings = EvalSettings()
     ray: RaySettings = RaySettings()
 
-    @field_validator("dataset", "run_name")
+    @field_validator("dataset")
     @classmethod
-    def _safe_name(cls, v: str | None) -> str | None:
-        if v is not None and (not SAFE_NAME.fullmatch(v) or set(v) == {"."}):
-            raise ValueError(f"{v!r} is not a safe name (it becomes a file or folder name): use letters, digits, "
-                             f"'.', '_' and '-', starting with a letter or digit, at most 128 characters")
-        return v
+    def _safe_dataset(cls, v: str | None) -> str | None:
+        return safe_name(v)
 
     @model_validator(mode="after")
     def _tokens_needed(self):
@@ -369,7 +384,7 @@ class CTRTrainSettings(TrainSettings):
     patience: int = Field(2, ge=1, description="epochs without a better validation AUC before stopping")
 
 
-class TrainCTRSettings(JobSettings):
+class TrainCTRSettings(RayTrainJobSettings):
     """Train a CTR model (LR, DCN, DeepFM, FinalMLP) on ctr_samples with the shared Ray Train engine;
     early stopping on validation AUC; publish test AUC / logloss and the model."""
 
@@ -396,18 +411,10 @@ class TrainCTRSettings(JobSettings):
                                                                 "stopping (a fixed hash split)")
     n_features: int | None = Field(None, ge=1, description="feature vocabulary (default: from the files)")
     output: Path = Field(Path("out/ctr"), description="output folder (replaced atomically on success)")
-    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
-    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings)")
-    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
     # unvalidated default, validated per job: embedding_l2's default depends on the model name
     model: CTRModelSettings = Field(CTRModelSettings.model_construct(), validate_default=True)
     train: CTRTrainSettings = CTRTrainSettings()
     ray: RaySettings = RaySettings()
-
-    @field_validator("run_name")
-    @classmethod
-    def _safe_name(cls, v: str | None) -> str | None:
-        return TrainSeqRecSettings._safe_name(v)
 
     @model_validator(mode="after")
     def _paradigm_inputs(self):
@@ -473,7 +480,7 @@ class GenerativeEvalSettings(Section):
                                                                "stopping); the test always uses every user")
 
 
-class TrainGenerativeSettings(JobSettings):
+class TrainGenerativeSettings(RayTrainJobSettings):
     """Train a TIGER-style generative recommender on the item token table (codes + suffix) with Ray Train;
     evaluate leave-one-out over the whole catalogue by trie-constrained beam search; publish metrics and the
     model."""
@@ -484,19 +491,15 @@ class TrainGenerativeSettings(JobSettings):
     dataset: str | None = Field(None, description="dataset name in the report (default: the sequences' folder)")
     n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
     output: Path = Field(Path("out/generative"), description="output folder (replaced atomically on success)")
-    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
-    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings); "
-                                                   "a rerun with the same name resumes from its latest checkpoint")
-    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
     model: GenerativeModelSettings = GenerativeModelSettings()
     train: TrainSettings = TrainSettings()
     eval: GenerativeEvalSettings = GenerativeEvalSettings()
     ray: RaySettings = RaySettings()
 
-    @field_validator("dataset", "run_name")
+    @field_validator("dataset")
     @classmethod
-    def _safe_name(cls, v: str | None) -> str | None:
-        return TrainSeqRecSettings._safe_name(v)
+    def _safe_dataset(cls, v: str | None) -> str | None:
+        return safe_name(v)
 
 
 class ServeSettings(JobSettings):
@@ -548,7 +551,7 @@ class UserEncoderTrainSettings(TrainSettings):
     patience: int = Field(3, ge=1, description="epochs without a better validation code accuracy before stopping")
 
 
-class TokenizeUsersSettings(JobSettings):
+class TokenizeUsersSettings(RayTrainJobSettings):
     """user_sequences -> user autoencoder (fit on a user sample with Ray Train) -> z for every user (Ray Data
     actor pool) -> quantizer fit on a sample of z -> user token table + encoder + report, published
     atomically at --output."""
@@ -572,15 +575,7 @@ class TokenizeUsersSettings(JobSettings):
                                                     "embedding-based user representation)")
     embedding_dtype: Literal["float32", "float16"] = Field("float32", description="stored precision of z")
     plots: bool = Field(True, description="write PNG plots of code usage and collision groups")
-    run_dir: Path = Field(Path("out/ray_train"), description="Ray Train storage: per-epoch checkpoints")
-    run_name: str | None = Field(None, description="Ray Train run name (default: derived from the settings)")
-    resume: bool = Field(True, description="resume from the latest checkpoint of the same run name")
     model: UserEncoderSettings = UserEncoderSettings()
     train: UserEncoderTrainSettings = UserEncoderTrainSettings()
     quantizer: QuantizerSettings = Field(QuantizerSettings.model_construct(), validate_default=True)
     ray: RaySettings = RaySettings()
-
-    @field_validator("run_name")
-    @classmethod
-    def _safe_name(cls, v: str | None) -> str | None:
-        return TrainSeqRecSettings._safe_name(v)
