@@ -41,8 +41,10 @@ def model_spec(config: dict, sizes: list[int]) -> dict:
 
 def history_codes(codes: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                   max_items: int) -> np.ndarray:
-    """(E, max_items, L) codes of the last <= max_items items of each history, left-padded with -1."""
-    ids = left_pad(flat, starts, lengths, max_items)
+    """(E, T, L) codes of the last <= max_items items of each history, left-padded with -1; T is the longest
+    history of the batch (at most max_items), so short histories do not pay for padding."""
+    width = int(min(max_items, lengths.max())) if len(lengths) else 1
+    ids = left_pad(flat, starts, lengths, width)
     return np.where(ids[..., None] > 0, codes[ids], -1)
 
 
