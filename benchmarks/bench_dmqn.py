@@ -8,7 +8,7 @@ Data (built on first use under out/bench_dmqn/):
   behaviours per user are the impressions (click + 4 sampled non-clicked items), the rest the history.
 
 Models (`train_ctr --paradigm ...`, DCN head, embedding 16, items as ID + category embeddings, at most 12
-epochs, patience 2): DIN-short (the last 50 behaviours), SIM-hard
+epochs, patience 2, batches of whole users so DMQN computes a user's state once per batch): DIN-short (the last 50 behaviours), SIM-hard
 (the 50 latest of the candidate's category), DIN-full (every behaviour), DMQN-simple and DMQN (4 x 32
 codewords, 1 HSTU layer), seeds 1-3:
 
@@ -43,7 +43,8 @@ MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
           "dmqn-simple": ["--paradigm", "dmqn-simple"],
           "dmqn": ["--paradigm", "dmqn"]}
 COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", "4",
-          "--model.codewords", "32", "--model.category_features", "--train.batch_size", "512", "--train.threads", "1",
+          "--model.codewords", "32", "--model.category_features", "--train.group_users", "--train.batch_size", "512",
+          "--train.threads", "1",
           "--train.patience", "2", "--train.epochs", "12"]
 
 

@@ -112,6 +112,41 @@ def test_cached_state_scores_exactly_like_the_full_model(paradigm):
     torch.testing.assert_close(many, one_by_one, rtol=1e-6, atol=1e-6)
 
 
+def test_dmqn_computes_each_users_state_once_per_batch_and_scores_like_per_row():
+    torch.manual_seed(0)
+    model = build_paradigm(_spec("dmqn")).eval()
+    h = _history(3)
+    users = torch.tensor([0, 1, 0, 2, 1, 0])
+    hist = h[users]
+    items = torch.tensor([3, 9, 27, 4, 8, 15])
+    calls = []
+    model.user.mcqm.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        deduped = model(users, items, hist)
+        per_row = model.base.score(torch.stack([model.user(hist, model.item(items), None), model.item(items)], 1))
+        other = hist.clone()
+        other[2] = h[2]  # user 0's rows now disagree: no dedup, still the per-row answer
+        fallback = model(users, items, other)
+    assert calls[0] == 3  # the state of 3 distinct users, not 6 rows
+    torch.testing.assert_close(deduped, per_row, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        ref = model.base.score(torch.stack([model.user(other, model.item(items), None), model.item(items)], 1))
+    torch.testing.assert_close(fallback, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_user_grouped_epochs_keep_each_users_rows_together_and_cover_every_row():
+    import numpy as np
+
+    from semrec.train.ctr import epoch_order
+
+    users = np.random.default_rng(0).integers(0, 50, 1000)
+    a, b = epoch_order(users, 1000, 1, 0), epoch_order(users, 1000, 1, 1)
+    assert sorted(a) == list(range(1000)) and not np.array_equal(a, b)
+    runs = np.flatnonzero(np.diff(users[a]) != 0)
+    assert len(runs) + 1 == len(np.unique(users))  # one contiguous run per user
+    assert np.array_equal(a, epoch_order(users, 1000, 1, 0))  # same seed and epoch, same order
+
+
 def test_dmqn_ignores_padding_and_order_and_refuses_empty_histories():
     torch.manual_seed(0)
     model = build_paradigm(_spec("dmqn")).eval()

@@ -382,6 +382,9 @@ class CTRTrainSettings(TrainSettings):
     epochs: int = Field(100, ge=1, description="max epochs (early stopping usually ends sooner)")
     batch_size: int = Field(4096, ge=1, description="global batch size (split across workers)")
     patience: int = Field(2, ge=1, description="epochs without a better validation AUC before stopping")
+    group_users: bool = Field(False, description="batches hold whole users (users shuffled per epoch, all of a "
+                                                 "user's rows together): DMQN then computes each user's state once "
+                                                 "per batch instead of once per row")
 
 
 class TrainCTRSettings(RayTrainJobSettings):

@@ -97,6 +97,16 @@ class ParadigmInputs:
         return users, items, hist, data.labels[rows]
 
 
+def epoch_order(users: np.ndarray | None, n: int, seed: int, epoch: int) -> np.ndarray:
+    """The rows of an epoch: a permutation keyed by (seed, epoch); with ``users`` (each row's user), the users
+    in a random order and each user's rows together (in a random order among themselves)."""
+    rng = np.random.default_rng([seed, epoch])
+    if users is None or not n:
+        return rng.permutation(n)
+    rank_of = rng.permutation(int(users.max()) + 1)
+    return np.lexsort((rng.permutation(n), rank_of[users]))
+
+
 class CTRFamily:
     metric = "AUC"
 
@@ -122,7 +132,8 @@ class CTRFamily:
 
     def batches(self, epoch: int, rank: int, world: int):
         train, gbs = self.splits["train"], self.t["batch_size"]
-        order = np.random.default_rng([self.t["seed"], epoch]).permutation(len(train))
+        order = epoch_order(train.features[:, 0] if self.t.get("group_users") else None, len(train),
+                            self.t["seed"], epoch)
         for start in range(0, len(order), gbs):
             yield self._batch(train, order[start:start + gbs][rank::world])
 

@@ -131,8 +131,22 @@ class ParadigmCTR(nn.Module):
             return self.hmi(self.user_codes[users].long(), self.item_codes[items].long())
         if self.target_aware:
             iv = self.item(items)
+            if isinstance(self.user, DMQNUser):
+                return self.base.score(torch.stack([self._dmqn_interest(users, history, iv), iv], dim=1))
             return self.base.score(torch.stack([self.user(history, iv, items), iv], dim=1))
         return self.base.score(torch.stack([self.user_vectors(users, history), self.item(items)], dim=1))
+
+    def _dmqn_interest(self, users: torch.Tensor, history: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+        """DMQN's interest vectors, the candidate-independent state computed once per distinct user of the batch
+        (rows of one user share its history; checked, else once per row): exact, and what makes training and
+        evaluating over many impressions of the same long history affordable."""
+        uniq, inverse = torch.unique(users, return_inverse=True)
+        if len(uniq) < len(users):
+            first = torch.empty_like(uniq).scatter_(0, inverse, torch.arange(len(users), device=users.device))
+            if torch.equal(history[first][inverse], history):
+                clusters, valid = self.user.state(history[first])
+                return self.user.attend(clusters[inverse], valid[inverse], iv)
+        return self.user(history, iv, None)
 
     def user_state(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DMQN: the candidate-independent representation of each history (clusters after the HSTU layers,
