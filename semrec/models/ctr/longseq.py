@@ -39,6 +39,7 @@ class MultiCodebookQuantizer(nn.Module):
                  tau_min: float = 0.1, anneal_steps: int = 2000):
         super().__init__()
         self.n, self.w, self.tau0, self.tau_min, self.anneal_steps = codebooks, codewords, tau0, tau_min, anneal_steps
+        self.norm = nn.LayerNorm(dim)  # scores see unit-scale behaviours, so they compete with the Gumbel noise
         self.proj = nn.Parameter(torch.empty(codebooks, dim, dim))
         self.codewords = nn.Parameter(torch.empty(codebooks, codewords, dim))
         nn.init.xavier_uniform_(self.proj.view(codebooks * dim, dim))
@@ -50,7 +51,7 @@ class MultiCodebookQuantizer(nn.Module):
 
     def scores(self, e: torch.Tensor) -> torch.Tensor:
         """(B, N, L, W) dot products of each codebook's projection of the behaviours with its codewords."""
-        return torch.einsum("bnle,nwe->bnlw", torch.einsum("bld,nde->bnle", e, self.proj), self.codewords)
+        return torch.einsum("bnle,nwe->bnlw", torch.einsum("bld,nde->bnle", self.norm(e), self.proj), self.codewords)
 
     def assign(self, e: torch.Tensor) -> torch.Tensor:
         """(B, N, L, W) one-hot codeword choices: Gumbel-softmax, straight-through (training)."""
