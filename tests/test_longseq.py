@@ -440,6 +440,16 @@ def test_redis_and_embedded_stores_agree_and_a_dead_server_never_gives_a_wrong_s
     with pytest.raises(StaleCache, match="no cache of model 0123456789abcdef"):
         RedisStore(client, "0123456789abcdef")  # another model version reads nothing of this one
 
+    from semrec.serve.service import ScoringService
+
+    port = client.connection_pool.connection_kwargs["port"]
+    client.flushall()  # the service loads the cache into Redis itself when the server lacks this version
+    via_redis = ScoringService(dmqn_model, tmp_path / "c", redis_url=f"redis://127.0.0.1:{port}/0")
+    via_memmap = ScoringService(dmqn_model, tmp_path / "c")
+    request = {"user_id": int(hist["user_id"][5]), "items": [3, 30]}
+    (code_r, body_r), (code_m, body_m) = via_redis.handle(request), via_memmap.handle(request)
+    assert code_r == code_m == 200 and body_r["logits"] == body_m["logits"] and via_redis.info()["store"] == "redis"
+
     scorer = Scorer(dmqn_model, redis_store)
     cands = [3, 30, 300]
     cached, source = scorer.score(hist["user_id"][7], cands)
@@ -448,6 +458,8 @@ def test_redis_and_embedded_stores_agree_and_a_dead_server_never_gives_a_wrong_s
     proc.wait()
     with pytest.raises(StoreUnavailable, match="Redis store unavailable"):
         scorer.score(hist["user_id"][7], cands)
+    status, body = via_redis.handle(request)  # the service says so: 503, never a score
+    assert status == 503 and "send the user's history" in body["error"]
     computed, source = scorer.score(hist["user_id"][7], cands, history=hist["item_ids"][7])
     assert source == "computed: store unavailable"
     np.testing.assert_allclose(computed, cached, atol=0.05)  # the float16 cache vs the exact state
