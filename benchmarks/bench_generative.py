@@ -22,7 +22,7 @@ from semrec.pipelines.train_generative import main
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 SEQ = Path("out/bench_seqrec")
 WORK = Path("out/bench_generative")
-EPOCHS = 12
+EPOCHS = 8
 TIGER = {"Recall@5": 0.0454, "Recall@10": 0.0648, "NDCG@5": 0.0321, "NDCG@10": 0.0384}
 
 
