@@ -1,6 +1,7 @@
 """Shared test helpers and fixtures (imported by tests/conftest.py and benchmarks/conftest.py)."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,15 @@ def ray_local():
     init_ray(RaySettings(num_cpus=2, object_store_mb=500))
     yield ray
     ray.shutdown()
+
+
+_RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*pid=\d+[^)]*\)")
+
+
+def own_lines(stderr: str) -> list[str]:
+    """The lines a job printed itself: Ray forwards its worker processes' logs (prefixed "(Name pid=N)")
+    to the driver's stderr, and those carry Ray's own noise (e.g. a thread interrupted at shutdown)."""
+    return [line for line in stderr.strip().splitlines() if not _RAY_WORKER_LINE.match(line)]
 
 
 def clustered(n: int = 3000, d: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:

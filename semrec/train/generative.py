@@ -48,6 +48,13 @@ def history_codes(codes: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengt
     return np.where(ids[..., None] > 0, codes[ids], -1)
 
 
+def next_item_examples(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every training pair (user row, target position p) of leave-one-out: targets s[1:-2], history s[:p]."""
+    n = np.maximum(np.asarray(lengths) - 3, 0)
+    users = np.repeat(np.arange(len(n)), n)
+    return users, 1 + np.arange(len(users)) - np.repeat(np.cumsum(n) - n, n)
+
+
 class GenerativeFamily:
     metric = "NDCG@10"
 
@@ -57,11 +64,7 @@ class GenerativeFamily:
         self.beam = config["eval"]["beam"]
         self.seqs = load_sequences(config["sequences"], n_items=self.n_items).rows
         self.codes, self.sizes, self.trie = load_codes(config["tokens"], self.n_items)
-        # every training pair (user row, target position p): targets s[1:-2], history s[:p]
-        n = self.seqs.lengths - 3
-        self.ex_user = np.repeat(np.arange(len(n)), np.maximum(n, 0))
-        self.ex_pos = 1 + np.arange(len(self.ex_user)) - np.repeat(np.cumsum(np.maximum(n, 0)) - np.maximum(n, 0),
-                                                                   np.maximum(n, 0))
+        self.ex_user, self.ex_pos = next_item_examples(self.seqs.lengths)
 
     def build(self):
         return build_generative(model_spec(self.config, self.sizes))
