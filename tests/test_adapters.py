@@ -104,3 +104,25 @@ def test_prepare_data_job_writes_tables(tmp_path):
     t = pq.read_table(tmp_path / "lastfm" / "user_sequences")
     assert t.num_rows == 1090 and sum(len(s) for s in t.column("item_ids").to_pylist()) == 52551
     assert (tmp_path / "lastfm" / "_MANIFEST.json").exists()
+
+
+def test_subset_keeps_the_most_interacted_items_renumbered(tmp_path):
+    import pyarrow as pa
+
+    from semrec.data.io import write_table
+
+    # item 7 x4, 2 x3, 5 x3, 9 x3: the 3 most interacted, ties by id: 7, 2, 5 -> renumbered 1 (2), 2 (5), 3 (7)
+    seqs = [[7, 5, 9, 2], [7, 5, 9], [7, 5, 9, 4], [7, 2, 8], [1, 2, 3]]
+    (tmp_path / "s").mkdir()
+    write_table(pa.table({"user_id": pa.array([10, 11, 12, 13, 14], pa.int64()),
+                          "item_ids": pa.array(seqs, pa.list_(pa.int64()))}), tmp_path / "s" / "p.parquet")
+    (tmp_path / "i").mkdir()
+    write_table(pa.table({"item_id": pa.array(range(1, 10), pa.int64()), "title": [f"t{i}" for i in range(1, 10)]}),
+                tmp_path / "i" / "p.parquet")
+    out = tmp_path / "out"
+    assert prepare_main(["--format", "subset", "--input", str(tmp_path / "s"), "--input", str(tmp_path / "i"),
+                         "--items", "3", "--output", str(out)]) == 0
+    got = pq.read_table(out / "user_sequences").to_pydict()
+    # users left with < 3 kept items are dropped; user 10 keeps 7, 5, 2 in order
+    assert got == {"user_id": [10], "item_ids": [[3, 2, 1]]}
+    assert pq.read_table(out / "items").to_pydict() == {"item_id": [1, 2, 3], "title": ["t2", "t5", "t7"]}

@@ -5,6 +5,8 @@ scores, the three sub-commands end to end, and clear errors for bad inputs."""
 
 import json
 
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -211,7 +213,7 @@ def test_bad_inputs_fail_clearly(ray_local, tiny_lm, tmp_path, capsys, case):
         t = t.set_column(3, t.schema.field("c2"), pa.array([t.column("c2")[0].as_py()] * 2 + t.column("c2").to_pylist()[2:],
                                                            t.schema.field("c2").type))
         write_table(t, tokens / "token_table" / "part-0.parquet")
-        message = "duplicate"
+        message = "items 1 and 2 share the code sequence"
     elif case == "no weights":
         backbone = tmp_path / "empty_model"
         shutil.copytree(tiny_lm, backbone)
@@ -221,17 +223,12 @@ def test_bad_inputs_fail_clearly(ray_local, tiny_lm, tmp_path, capsys, case):
         write_table(pa.table({"user_id": pa.array([1], pa.int64()), "item_ids": pa.array([[1, 2, 3, 999]])}),
                     seqs / "part-0.parquet")
         message = "999"
-    else:  # a token table whose codes exceed its codebook sizes
+    else:  # a token table whose codes exceed its codebook sizes (code tokens outside the vocabulary)
+        from semrec.schemas import decode_metadata, token_table_schema
+
         t = pa.parquet.read_table(tokens / "token_table")
-        meta = dict(t.schema.metadata)
-        from semrec.schemas import decode_metadata
-
-        info = decode_metadata(t.schema)
-        info["codebook_sizes"] = [4, 4, 2]
-        from semrec.schemas import token_table_schema
-
+        info = {**decode_metadata(t.schema), "codebook_sizes": [4, 4, 2]}
         t = t.cast(token_table_schema([4, 4, 2], info))
-        del meta
         write_table(t, tokens / "token_table" / "part-0.parquet")
         message = "codebook size"
     out = tmp_path / "out"
