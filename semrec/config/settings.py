@@ -671,3 +671,55 @@ class StoreRecSettings(RayTrainJobSettings):
         if "alignment" in self.tasks + self.then_tasks and self.items is None:
             raise ValueError("the alignment task needs --items (item titles)")
         return self
+
+
+# ----------------------------------------------------------------------------- scheduled retraining
+class RetrainStep(Section):
+    name: str = Field(..., description="step name (letters, digits, '_', '-'); {name} in later steps' args is "
+                                       "this step's output folder")
+    job: Literal["prepare_data", "tokenize_items", "tokenize_users", "train_seqrec", "train_ctr",
+                 "train_generative", "build_cache"] = Field(..., description="the semrec job the step runs")
+    args: dict[str, Any] = Field({}, description="the job's settings as flag -> value (lists repeat the flag, "
+                                                 "booleans become --flag / --no-flag); --output is the step's")
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", v):
+            raise ValueError(f"step name {v!r}: use letters, digits, '_' and '-'")
+        return v
+
+
+class GateSettings(Section):
+    step: str = Field(..., description="the step whose metrics.json decides promotion")
+    metric: str = Field("test_NDCG@10", description="metric key in that step's metrics (higher is better)")
+    tolerance: float = Field(0.0, ge=0, description="promote when new >= current - tolerance")
+
+
+class RetrainSettings(JobSettings):
+    """Run a pipeline of semrec jobs as one versioned retraining: unchanged steps are skipped, a rerun after a
+    failure resumes at the failed step, a quality gate refuses a worse model, promotion is an atomic swap of
+    <root>/current."""
+
+    root: Path = Field(Path("out/retrain"), description="versions/, steps/ (outputs keyed by input hash), "
+                                                       "ray_train/, and the current -> versions/<id> link")
+    keep: int = Field(5, ge=1, description="promoted versions kept (older ones and their step outputs removed)")
+    gate: GateSettings | None = Field(None, description="quality gate (none: every complete run is promoted)")
+    steps: list[RetrainStep] = Field([], description="the pipeline, in order (a TOML [[steps]] array)")
+
+    @model_validator(mode="after")
+    def _check_steps(self):
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"step names repeat: {names}")
+        if self.gate is not None and self.gate.step not in names:
+            raise ValueError(f"gate.step {self.gate.step!r} is not a step ({names})")
+        return self
+
+
+class RetrainAdminSettings(JobSettings):
+    """Inspect or move the retraining versions under --root."""
+
+    root: Path = Field(Path("out/retrain"), description="the retraining root")
+    to: str | None = Field(None, description="rollback: the version id to make current (default: the promoted "
+                                             "version before the current one)")
