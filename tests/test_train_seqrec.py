@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -264,3 +265,45 @@ def test_beauty_slice_end_to_end(ray_local, tmp_path):
                  "--dataset", "beauty3000", "--train.epochs", "8"]) == 0
     m = json.loads((out / "metrics.json").read_text())["metrics"]
     assert m["test_HIT@10"] > 0.2  # well above the 0.10 of a random ranking
+
+
+def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, killed: list) -> None:
+    """SIGKILL the Ray Train worker process once a checkpoint of ``epoch`` exists (the next epoch is running).
+    Only this test session's workers: descendants of this process (the in-process Ray's raylet is its child)."""
+    import psutil
+
+    me = os.getpid()
+    while not done.is_set():
+        epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
+        if epochs and max(epochs) >= epoch:
+            for proc in psutil.process_iter(["pid", "cmdline", "name"]):
+                title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+                with contextlib.suppress(psutil.Error):
+                    ours = any(p.pid == me for p in proc.parents())
+                if "RayTrainWorker" in title and ours:
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+            if killed:
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_training_worker_is_replaced_and_the_run_matches(synthetic, tmp_path):
+    """A Ray Train worker process SIGKILLed mid-run: Ray Train (FailureConfig) starts a new worker group, the
+    engine resumes it from the latest checkpoint, and the final metrics equal an uninterrupted run's."""
+    common = ["--train.epochs", "5", "--train.patience", "10", "--train.seed", "9", "--train.max_failures", "2"]
+    assert main(_args(synthetic, tmp_path / "full", *common, "--run_name", "worker-full")) == 0
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_train_worker_after,
+                               args=(synthetic / "runs" / "worker-killed", 1, done, killed), daemon=True)
+    watcher.start()
+    try:
+        assert main(_args(synthetic, tmp_path / "killed", *common, "--run_name", "worker-killed")) == 0
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+    assert killed, "no Ray Train worker was killed (the run ended first?)"
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())["metrics"]
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())["metrics"]
+    assert resumed["test_NDCG@10"] == pytest.approx(full["test_NDCG@10"], abs=1e-6)
+    assert resumed["final_valid_NDCG@10"] == pytest.approx(full["final_valid_NDCG@10"], abs=1e-6)

@@ -272,6 +272,9 @@ class TrainSettings(Section):
     threads: int | None = Field(None, ge=1, description="torch threads per worker (default: ceil(cpus_per_worker))")
     seed: int = Field(42, description="seed of init, shuffling, negatives and dropout")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
+    max_failures: int = Field(3, ge=-1, description="worker-group failures (a killed worker process, a lost node) "
+                                                    "Ray Train recovers from by restarting the workers from the "
+                                                    "latest checkpoint (-1: unlimited, 0: fail the run)")
 
 
 class SeqRecTrainSettings(TrainSettings):

@@ -57,7 +57,7 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
     """Run ``train_loop(cfg)`` on ``train.num_workers`` Ray Train workers under ``run_dir/name``; a rerun
     with the same name resumes from its newest checkpoint (unless that run finished, or ``resume`` is off).
     Returns the Ray Train result, whose metrics are the final (``done``) report."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from semrec.train.engine import driver_progress
@@ -75,7 +75,8 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
         train_loop, train_loop_config=cfg, datasets=datasets or {}, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=train.max_failures)))
     with driver_progress(storage / name, train.epochs, metric):
         result = trainer.fit()
     if not (result.metrics or {}).get("done"):
