@@ -278,6 +278,7 @@ def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, kil
         if epochs and max(epochs) >= epoch:
             for proc in psutil.process_iter(["pid", "cmdline", "name"]):
                 title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+                ours = False
                 with contextlib.suppress(psutil.Error):
                     ours = any(p.pid == me for p in proc.parents())
                 if "RayTrainWorker" in title and ours:
