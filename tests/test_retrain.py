@@ -148,3 +148,33 @@ def test_the_shipped_beauty_pipeline_end_to_end(ray_local, tmp_path, monkeypatch
     assert main(["run", "--config", str(config)]) == 0
     second = json.loads((tmp_path / "r" / "current" / "run.json").read_text())
     assert [s["status"] for s in second["steps"]] == ["skipped"] * 5 and time.perf_counter() - t0 < 30
+
+
+def test_killed_between_steps_the_rerun_skips_what_finished(ray_local, tmp_path):
+    """jobs/retrain.py SIGKILLed once its second step has published: the rerun skips both finished steps and
+    completes the pipeline."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    config = _config(tmp_path, "good")
+    root = tmp_path / "retrain"
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "retrain.py"), "run", "--config", str(config)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    deadline, done = time.time() + 300, []
+    while time.time() < deadline and proc.poll() is None:
+        done = list((root / "steps").glob("items-*/_SEMREC_OUTPUT.json"))
+        if done:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done, (tmp_path / "killed.log").read_text()[-2000:]
+    assert not (root / "current").exists() and not list((root / "versions").glob("*/run.json"))
+    assert main(["run", "--config", str(config)]) == 0
+    rec = json.loads((root / "current" / "run.json").read_text())
+    assert [s["status"] for s in rec["steps"]] == ["skipped", "skipped", "ran"] and rec["status"] == "promoted"

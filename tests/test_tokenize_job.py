@@ -222,3 +222,46 @@ def test_a_normal_run_logs_no_error_or_hang_lines_and_one_small_sample_warning(t
            or "please provide at least" in line or "Traceback" in line]
     assert bad == [], "\n".join(bad)
     assert log.count("k-means wants >= 39") == 1, log[-3000:]
+
+
+def _tree_digest(out: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(out.rglob("*")) if f.is_file()}
+
+
+def test_sigkill_while_writing_leaves_the_previous_publication_and_the_rerun_matches(ray_local, emb_input, tmp_path):
+    """A tokenize_items run SIGKILLed while it writes into its staging folder: the earlier publication at the
+    same --output is byte-identical afterwards, and the rerun publishes the table an uninterrupted run does."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    common = ["--embeddings", emb_input, "--fit_sample", 2000, "--no-plots", *FAST_RQVAE]
+    assert run_job([*common, "--output", out, "--seed", 1]) == 0
+    before = _tree_digest(out)
+    cmd = [sys.executable, str(ROOT / "jobs" / "tokenize_items.py"), *map(str, common), "--output", str(out),
+           "--seed", "2", "--overwrite"]
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    deadline, staged = time.time() + 300, []
+    while time.time() < deadline and proc.poll() is None:
+        # the quantizer is written before the token table: the run is writing its output
+        staged = [p for p in tmp_path.glob(".out.staging-*/quantizer/weights.safetensors")]
+        if staged:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert staged, f"the run never wrote into its staging folder:\n{(tmp_path / 'killed.log').read_text()[-2000:]}"
+    assert _tree_digest(out) == before  # the previous publication, byte for byte
+    # the rerun (cleans the dead run's staging folder) publishes what an uninterrupted run publishes
+    assert run_job([*common, "--output", out, "--seed", 2, "--overwrite"]) == 0
+    assert run_job([*common, "--output", tmp_path / "clean", "--seed", 2]) == 0
+    assert not list(tmp_path.glob(".out.staging-*"))
+    for f in (tmp_path / "clean" / "token_table").glob("*.parquet"):
+        assert f.read_bytes() == (out / "token_table" / f.name).read_bytes()
+    assert _tree_digest(out) != before
