@@ -2,6 +2,8 @@
 """Start (or stop) a token-authenticated Ray head node on free ports, next to any other Ray on the machine.
 
     python infra/ray_head.py start --dir /tmp/semrec-head [--num-cpus 2] [--object-store-mb 2000]
+    python infra/ray_head.py join --dir /tmp/semrec-head [--num-cpus 2]     # a second node on this machine
+    python infra/ray_head.py kill-node --dir /tmp/semrec-head --node 1       # SIGKILL it (a lost node)
     python infra/ray_head.py stop --dir /tmp/semrec-head
 
 `start` writes a random auth token to <dir>/auth_token (mode 0600) unless one exists, picks a free port
@@ -69,6 +71,53 @@ def start(d: Path, num_cpus: int, object_store_mb: int, host: str, timeout: floa
     return info
 
 
+NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                   "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
+
+
+def join(d: Path, num_cpus: int, object_store_mb: int) -> dict:
+    """Start one more Ray node on this machine, attached to the head of ``d`` (a multi-node cluster on one
+    machine: fault tests stop it to lose a node)."""
+    info = json.loads((d / "head.json").read_text())
+    n = 1 + len(list(d.glob("node-*.json")))
+    ports = {flag: free_port() for flag in NODE_PORT_FLAGS}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["token_file"],
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [ray_cli(), "start", f"--address=127.0.0.1:{info['gcs_port']}", f"--num-cpus={num_cpus}",
+           f"--object-store-memory={object_store_mb << 20}", "--disable-usage-stats",
+           *[f"{flag}={port}" for flag, port in ports.items()]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if r.returncode:
+        raise SystemExit(f"ray start (join) failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    node = {"node": n, "node_manager_port": ports["--node-manager-port"], "num_cpus": num_cpus}
+    (d / f"node-{n}.json").write_text(json.dumps(node, indent=2) + "\n")
+    return node
+
+
+def kill_node(d: Path, n: int) -> int:
+    """SIGKILL every process of joined node ``n`` (its raylet, found by its node-manager port, and everything
+    under it): what a machine that dies looks like to the rest of the cluster. Returns the processes killed."""
+    import psutil
+
+    node = json.loads((d / f"node-{n}.json").read_text())
+    mark = f"--node_manager_port={node['node_manager_port']}"
+    raylets = [p for p in psutil.process_iter(["cmdline"]) if mark in (p.info["cmdline"] or [])]
+    procs = set(raylets)
+    for p in raylets:
+        try:
+            procs.update(p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    (d / f"node-{n}.json").unlink()
+    return len(procs)
+
+
 def wait_ready(address: str, token: str, timeout: float) -> None:
     """Until the job agent answers (it starts a few seconds after `ray start` returns)."""
     deadline = time.monotonic() + timeout
@@ -110,7 +159,8 @@ def stop(d: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("action", choices=["start", "stop", "join", "kill-node"])
+    p.add_argument("--node", type=int, default=1, help="kill-node: which joined node (1, 2, ...)")
     p.add_argument("--dir", type=Path, default=Path.home() / ".semrec" / "head",
                    help="holds auth_token and head.json (default ~/.semrec/head)")
     p.add_argument("--num-cpus", type=int, default=os.cpu_count())
@@ -118,6 +168,13 @@ def main() -> int:
     p.add_argument("--dashboard-host", default="127.0.0.1", help="0.0.0.0 to accept submissions from other machines")
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the job agent")
     a = p.parse_args()
+    if a.action == "join":
+        node = join(a.dir, a.num_cpus, a.object_store_mb)
+        print(f"node {node['node']} joined ({node['num_cpus']} CPUs)")
+        return 0
+    if a.action == "kill-node":
+        print(f"node {a.node}: killed {kill_node(a.dir, a.node)} processes")
+        return 0
     if a.action == "stop":
         stop(a.dir)
         print(f"stopped the head node of {a.dir}")

@@ -136,3 +136,51 @@ def test_local_start_retries_a_missed_raylet_deadline(monkeypatch):
     with pytest.raises(ValueError, match="bad"):
         runtime.init_ray(RaySettings())
     assert calls == [1]
+
+
+def test_a_lost_worker_node_does_not_lose_the_job(tmp_path):
+    """A two-node cluster on this machine (a head, plus `ray start --address` as a second node); the second node
+    is SIGKILLed while tokenize_items runs on both (Ray Data spreads its tasks and actors): Ray retries the lost
+    tasks, restarts the lost actors on the head (--ray.actor_restarts -1), and the job publishes the same token
+    table as a run that lost nothing."""
+    import threading
+    import time
+
+    d = tmp_path / "head"
+    r = run([ROOT / "infra" / "ray_head.py", "start", "--dir", d, "--num-cpus", "2", "--object-store-mb", "300"],
+            cwd=ROOT, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = json.loads((d / "head.json").read_text())
+    try:
+        (tmp_path / "data").mkdir()
+        x = clustered(n=24000, d=16, seed=4)
+        for k in range(8):  # several input blocks, so tasks land on both nodes
+            write_table(embeddings_table(x[k * 3000:(k + 1) * 3000], np.arange(k * 3000, (k + 1) * 3000) + 1),
+                        tmp_path / "data" / f"part-{k}.parquet")
+        flags = [*JOB_FLAGS, "--ray.actors", "2", "--ray.actor_restarts", "-1",
+                 "--ray.batch_size", "1000", "--partitions", "4"]
+
+        def submit(out: str) -> subprocess.CompletedProcess:
+            return run([ROOT / "jobs" / "submit.py", "--address", info["address"], "--token-file",
+                        info["token_file"], "--", "python", "jobs/tokenize_items.py", "--embeddings", "data",
+                        "--output", out, *flags], cwd=tmp_path, timeout=600)
+
+        calm_run = submit("out/calm")
+        assert calm_run.returncode == 0, (calm_run.stdout + calm_run.stderr)[-3000:]
+        r = run([ROOT / "infra" / "ray_head.py", "join", "--dir", d, "--num-cpus", "2", "--object-store-mb", "300"],
+                cwd=ROOT, timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        result: list = []
+        job = threading.Thread(target=lambda: result.append(submit("out/lost")))
+        job.start()
+        time.sleep(12)  # the codes stage runs on both nodes by now
+        r = run([ROOT / "infra" / "ray_head.py", "kill-node", "--dir", d, "--node", "1"], cwd=ROOT, timeout=60)
+        assert r.returncode == 0 and "killed 0 " not in r.stdout, r.stdout + r.stderr
+        job.join(timeout=600)
+        (tmp_path / "lost.log").write_text((result[0].stdout + result[0].stderr) if result else "")
+        assert result and result[0].returncode == 0, (result[0].stdout + result[0].stderr)[-4000:] if result else ""
+        assert job.is_alive() is False
+        calm, lost = (pq.read_table(tmp_path / "out" / n / "token_table").sort_by("item_id") for n in ("calm", "lost"))
+        assert lost.num_rows == 24000 and lost.equals(calm)
+    finally:
+        run([ROOT / "infra" / "ray_head.py", "stop", "--dir", d], cwd=ROOT, timeout=60)

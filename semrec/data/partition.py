@@ -7,8 +7,10 @@ Ray task per partition, each holding only its own partition in memory.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,42 @@ import pyarrow.parquet as pq
 from semrec.data.hashing import partition_of
 
 PARTITION_COLUMN = "_p"
+LOST_ATTEMPTS = 3
+log = logging.getLogger("semrec.data")
+T = TypeVar("T")
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything it wraps) is a worker, actor, node or object lost to the cluster, as opposed
+    to an error of the work itself."""
+    import ray.exceptions as rx
+    from ray.data.exceptions import SystemException
+
+    from semrec.errors import exception_chain
+
+    # Ray Data raises a failed execution ``from SystemException()`` when the failure was Ray's, not the UDF's
+    # (the original may arrive only as text: UnserializableException)
+    lost = (rx.ActorDiedError, rx.NodeDiedError, rx.ObjectLostError, rx.WorkerCrashedError, rx.OwnerDiedError,
+            rx.ActorUnavailableError, rx.LocalRayletDiedError, rx.RaySystemError, SystemException)
+    return any(isinstance(e, lost) for e in exception_chain(exc))
+
+
+def retry_lost(fn: Callable[[], T], what: str, cleanup: Callable[[], None] | None = None,
+               attempts: int = LOST_ATTEMPTS) -> T:
+    """``fn()``, run again (after ``cleanup()``) when a node, worker or actor of the cluster was lost under it
+    (Ray retries tasks itself, but a Dataset execution fails as a whole when one of its actors -- a map actor,
+    Ray Data's own Parquet footer readers -- dies with its node)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 -- only lost-cluster errors are retried, the rest re-raised
+            if attempt == attempts or not lost_worker(e):
+                raise
+            log.warning("%s: lost a worker or node of the cluster (%s); retrying (%d/%d)", what,
+                        type(e).__name__, attempt + 1, attempts)
+            if cleanup is not None:
+                cleanup()
+    raise AssertionError("unreachable")
 
 
 def _add_partition(batch: pa.Table, keys: list[str], num_partitions: int) -> pa.Table:
@@ -25,8 +63,11 @@ def _add_partition(batch: pa.Table, keys: list[str], num_partitions: int) -> pa.
 
 
 def hash_partition(ds, keys: list[str], out_dir: Path, num_partitions: int) -> None:
-    ds.map_batches(_add_partition, fn_kwargs={"keys": keys, "num_partitions": num_partitions},
-                   batch_format="pyarrow").write_parquet(str(out_dir), partition_cols=[PARTITION_COLUMN])
+    """Write ``ds`` into ``out_dir`` as hash partitions (rewritten from scratch if the cluster loses a node)."""
+    retry_lost(lambda: ds.map_batches(_add_partition, fn_kwargs={"keys": keys, "num_partitions": num_partitions},
+                                      batch_format="pyarrow").write_parquet(str(out_dir),
+                                                                            partition_cols=[PARTITION_COLUMN]),
+               f"partitioning into {out_dir}", cleanup=lambda: shutil.rmtree(out_dir, ignore_errors=True))
 
 
 def partition_dirs(out_dir: Path) -> dict[int, Path]:

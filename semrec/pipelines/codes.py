@@ -14,7 +14,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from semrec.data.hashing import hash_rows
 from semrec.data.io import parquet_files, read_schema, write_manifest, write_table
-from semrec.data.partition import hash_partition, map_partitions, read_partition
+from semrec.data.partition import hash_partition, map_partitions, read_partition, retry_lost
 from semrec.errors import InputError
 from semrec.pipelines.udfs import EncodeCodes, embedding_matrix
 from semrec.quant.metrics import counts_stats, group_size_stats
@@ -57,9 +57,10 @@ def fit_sample(ds, n_rows: int, size: int, seed: int, key: str) -> tuple[np.ndar
     """A deterministic sample of ~``size`` rows of an embedding Dataset, chosen by a hash of (``key``, seed),
     ordered by ``key``: (ids, (n, d) float32)."""
     frac = min(1.0, size / max(n_rows, 1))
-    tables = [b for b in ds.map_batches(sample_batch, fn_kwargs={"seed": seed, "keep_fraction": frac, "key": key},
-                                        batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None)
-              if b.num_rows]
+    tables = retry_lost(lambda: [
+        b for b in ds.map_batches(sample_batch, fn_kwargs={"seed": seed, "keep_fraction": frac, "key": key},
+                                  batch_format="pyarrow").iter_batches(batch_format="pyarrow", batch_size=None)
+        if b.num_rows], "reading the fit sample")
     if not tables:
         raise InputError("the fit sample is empty")
     t = pa.concat_tables(tables)
