@@ -16,6 +16,10 @@ log = logging.getLogger("semrec")
 LOCAL_START_ATTEMPTS = 3
 
 
+TRANSIENT_IO_ERRORS = ["Input/output error", "Stale file handle", "Connection reset by peer",
+                       "Resource temporarily unavailable", "Connection timed out"]
+
+
 def init_ray(rs: RaySettings) -> None:
     """Connect to ``rs.address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else start an in-process Ray."""
     # 2-core machines: 32 footer-reader actors make small-file reads crawl (shared/notes).
@@ -46,6 +50,9 @@ def init_ray(rs: RaySettings) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.raise_original_map_exception = True  # our InputErrors reach the driver as themselves
+    # transient errors of local / network filesystems (NFS, FUSE-mounted buckets) are retried per block, like
+    # the cloud-storage errors Ray Data retries by default
+    ctx.retried_io_errors = list(dict.fromkeys([*ctx.retried_io_errors, *TRANSIENT_IO_ERRORS]))
     log.info("ray: %s CPUs, address %s", ray.cluster_resources().get("CPU"), address or "in-process")
 
 

@@ -1,0 +1,55 @@
+"""A transient read error in one block of a Ray Data read: retried (``TRANSIENT_IO_ERRORS`` in the DataContext
+that ``init_ray`` configures), and the read is complete. The filesystem is a real local one wrapped so that the
+open of one file's data in a Ray worker process fails once with EIO (marker files count the opens across the
+worker processes; the file's first worker-side open is Ray's footer read, which Ray retries only on its own
+default error list -- its FooterReader does not read DataContext.retried_io_errors -- so the fault is put on the
+block read after it)."""
+
+import errno
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
+
+from semrec.data.io import write_table
+
+
+class FlakyOnce(pafs.FSSpecHandler):
+    def __init__(self, victim: str, marker: str, driver: int):
+        super().__init__(LocalFileSystem())
+        self.victim, self.marker, self.driver = victim, marker, driver
+
+    def __reduce__(self):
+        return FlakyOnce, (self.victim, self.marker, self.driver)
+
+    def open_input_file(self, path):
+        import os
+
+        if path.endswith(self.victim) and os.getpid() != self.driver and not os.path.exists(self.marker):
+            footer_read = self.marker + ".footer"
+            if os.path.exists(footer_read):
+                open(self.marker, "w").close()
+                raise OSError(errno.EIO, "Input/output error", path)
+            open(footer_read, "w").close()
+        return super().open_input_file(path)
+
+
+def test_a_transient_read_error_in_one_block_is_retried(ray_local, tmp_path):
+    import sys
+
+    import ray.cloudpickle
+    import ray.data
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    for k in range(4):
+        write_table(pa.table({"item_id": pa.array(np.arange(k * 500, (k + 1) * 500) + 1, pa.int64())}),
+                    tmp_path / f"part-{k}.parquet")
+    marker = tmp_path / "failed-once"
+    fs = pafs.PyFileSystem(FlakyOnce("part-2.parquet", str(marker), os.getpid()))
+    paths = [str(tmp_path / f"part-{k}.parquet") for k in range(4)]
+    ids = np.sort(np.concatenate([b["item_id"] for b in ray.data.read_parquet(paths, filesystem=fs)
+                                  .iter_batches(batch_format="numpy", batch_size=None)]))
+    assert marker.exists(), "the read error was never raised"
+    assert np.array_equal(ids, np.arange(1, 2001))
