@@ -122,7 +122,7 @@ def train_tokenizer(s: StoreTokenizerSettings, stage: Path) -> dict:
     with torch.no_grad():
         for a in range(0, len(family.ids), s.eval_batch):
             content, clen = pad_right(family.content[a:a + s.eval_batch], family.pad)
-            embs.append(model.dense_outputs(content, torch.clamp(clen, min=0)).reshape(len(clen), -1).float().numpy())
+            embs.append(model.dense_outputs(content, clen).reshape(len(clen), -1).float().numpy())
     emb = np.concatenate(embs).astype(np.float32)
     (stage / "item_embeddings").mkdir()
     table = pa.table({"item_id": pa.array(family.ids, pa.int64()),

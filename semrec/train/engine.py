@@ -39,6 +39,7 @@ from torch import nn
 
 log = logging.getLogger("semrec.train")
 STATE_FILE = "state.pt"
+PROGRESS_EVERY_S = 60.0
 META_FILE = "checkpoint.json"
 
 
@@ -192,6 +193,7 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
     epoch = start - 1
     for epoch in range(start, train["epochs"]):
         t0, total, examples, steps = time.perf_counter(), 0.0, 0, 0
+        last_log = t0
         model.train()
         it = iter(family.batches(epoch, rank, world))
         cap = train.get("max_steps_per_epoch")
@@ -209,6 +211,10 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
             total += float(loss_sum.detach())
             examples += count
             steps += 1
+            if rank == 0 and time.perf_counter() - last_log >= PROGRESS_EVERY_S:  # long epochs (LLMs) show life
+                last_log = time.perf_counter()
+                log.info("epoch %d: step %d%s, %d examples on rank 0, mean loss %.4f, %.0f s", epoch + 1, steps,
+                         f"/{cap}" if cap else "", examples, total / max(examples, 1), last_log - t0)
         train_loss, examples_all, pass_s = coll.sum([total, float(examples), time.perf_counter() - t0])
         pass_s /= world  # the training pass's seconds, averaged over ranks
         metrics = {f"valid_{k}": v for k, v in evaluate(family, _unwrap(model), "valid", rank, world, False,
