@@ -71,6 +71,23 @@ def start(d: Path, num_cpus: int, object_store_mb: int, host: str, timeout: floa
     return info
 
 
+def process_trees(marks: list[str], exact: bool = False) -> set:
+    """The processes with a command-line argument equal to (``exact``) or containing one of ``marks``, and all
+    their descendants."""
+    import psutil
+
+    def hit(args: list[str]) -> bool:
+        return any((m == a) if exact else (m in a) for a in args for m in marks)
+
+    procs = {p for p in psutil.process_iter(["cmdline"]) if hit(p.info["cmdline"] or [])}
+    for p in list(procs):
+        try:
+            procs.update(p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
 NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
                    "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
 
@@ -101,14 +118,7 @@ def kill_node(d: Path, n: int) -> int:
     import psutil
 
     node = json.loads((d / f"node-{n}.json").read_text())
-    mark = f"--node_manager_port={node['node_manager_port']}"
-    raylets = [p for p in psutil.process_iter(["cmdline"]) if mark in (p.info["cmdline"] or [])]
-    procs = set(raylets)
-    for p in raylets:
-        try:
-            procs.update(p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
+    procs = process_trees([f"--node_manager_port={node['node_manager_port']}"], exact=True)
     for p in procs:
         try:
             p.kill()
@@ -138,13 +148,7 @@ def stop(d: Path) -> None:
     import psutil
 
     info = json.loads((d / "head.json").read_text())
-    marks = [info["temp_dir"], f":{info['gcs_port']}"]
-    procs = {p for p in psutil.process_iter(["cmdline"]) if any(m in a for a in (p.info["cmdline"] or []) for m in marks)}
-    for p in list(procs):
-        try:
-            procs.update(p.children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
+    procs = process_trees([info["temp_dir"], f":{info['gcs_port']}"])
     for p in procs:
         try:
             p.terminate()
