@@ -638,6 +638,8 @@ class StoreEvalSettings(Section):
     score_negatives: int = Field(9, ge=1, description="yes/no scoring: random other items ranked with the target")
     score_users: int | None = Field(None, ge=1, description="yes/no scoring on at most this many test users "
                                                             "(default: all)")
+    test_users: int | None = Field(None, ge=1, description="test on a seeded sample of this many users (default: "
+                                                           "all; an LLM decodes ~1 user/s per CPU core)")
 
 
 class StoreRecSettings(RayTrainJobSettings):
@@ -659,6 +661,8 @@ class StoreRecSettings(RayTrainJobSettings):
     then_tasks: list[str] = Field(["generation", "scoring"], description="stage 2 tasks, trained from stage 1's "
                                                                          "best weights (empty: no stage 2)")
     then_epochs: int = Field(1, ge=1, description="stage 2 epochs")
+    then_max_steps_per_epoch: int | None = Field(None, ge=1, description="stage 2 step cap per epoch (default: "
+                                                                         "--train.max_steps_per_epoch)")
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings(epochs=1, batch_size=16, lr=5e-4, patience=1)
     eval: StoreEvalSettings = StoreEvalSettings()

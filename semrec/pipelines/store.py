@@ -185,21 +185,27 @@ def train_recommender(s: StoreRecSettings, stage: Path) -> dict:
     init_ray(s.ray)
     check_cpus(s.train)
     base = s.run_name or default_run_name("store-rec", {k: v for k, v in cfg.items() if k not in ("ray", "output")})
-    stages = [(s.tasks, s.train.epochs)] + ([(s.then_tasks, s.then_epochs)] if s.then_tasks else [])
+    stages = [(s.tasks, s.train.epochs, s.train.max_steps_per_epoch)]
+    if s.then_tasks:
+        stages.append((s.then_tasks, s.then_epochs, s.then_max_steps_per_epoch or s.train.max_steps_per_epoch))
     state, finals = None, []
-    for i, (tasks, epochs) in enumerate(stages):
-        c = {**cfg, "tasks": list(tasks), "train": {**cfg["train"], "epochs": epochs}}
+    for i, (tasks, epochs, max_steps) in enumerate(stages):
+        last = i == len(stages) - 1  # earlier stages skip the test (only the last stage's model is published)
+        c = {**cfg, "tasks": list(tasks), "train": {**cfg["train"], "epochs": epochs, "max_steps_per_epoch": max_steps},
+             "eval": {**cfg["eval"], "stage_test": last, "per_position_ablation": cfg["eval"]["per_position_ablation"]
+                      and last}}
         if state is not None:
             init = stage / "_work" / f"stage{i}.safetensors"
             init.parent.mkdir(exist_ok=True)
             save_file({k: v.contiguous() for k, v in state.items()}, str(init))
             c["init"] = str(init)
-        train = s.train.model_copy(update={"epochs": epochs})
+        train = s.train.model_copy(update={"epochs": epochs, "max_steps_per_epoch": max_steps})
         result = launch(rec_train_loop, c, train, s.run_dir, f"{base}-stage{i + 1}", s.resume, "NDCG@10")
         state = best_state(result.checkpoint)
         finals.append({"tasks": list(tasks), "best_epoch": result.metrics["best_epoch"],
                        "epochs_run": result.metrics["epoch"] + 1, "train_s": result.metrics["train_s"],
-                       "metrics": {k: v for k, v in result.metrics.items() if k.startswith(("test_", "final_valid_"))}})
+                       "metrics": {k: v for k, v in result.metrics.items()
+                                   if k.startswith(("test_", "final_valid_")) and (last or not k.startswith("test_"))}})
     torch.manual_seed(s.train.seed)
     model = build_recommender(cfg, sizes)
     load_state(model, state)

@@ -233,12 +233,18 @@ class StoreRecFamily:
             return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return model([a for a, _ in batch], [b for _, b in batch])
 
-    def _users(self, split: str, rank: int, world: int) -> np.ndarray:
-        users = np.arange(rank, len(self.seqs), world)
-        frac = self.e["valid_fraction"] if split == "valid" else 1.0
-        if frac < 1.0:
-            users = users[np.random.default_rng(self.t["seed"]).random(len(users)) < frac]
-        return users
+    def _users(self, split: str, rank: int, world: int, final: bool) -> np.ndarray:
+        """This rank's users of ``split``: validation a seeded fraction; test every user, or a seeded sample of
+        ``test_users``, and none at the end of a stage that is not the last (``eval.stage_test`` off)."""
+        if split == "test" and not self.e.get("stage_test", True):
+            return np.zeros(0, dtype=np.int64)
+        users = np.arange(len(self.seqs))
+        if split == "valid" and self.e["valid_fraction"] < 1.0:
+            users = users[np.random.default_rng(self.t["seed"]).random(len(users)) < self.e["valid_fraction"]]
+        if split == "test" and self.e.get("test_users") and self.e["test_users"] < len(users):
+            users = np.sort(np.random.default_rng([self.t["seed"], 11]).choice(users, self.e["test_users"],
+                                                                                replace=False))
+        return users[rank::world]
 
     def decode(self, model, prompts: list[list[int]], constraint: str = "trie") -> tuple[np.ndarray, np.ndarray]:
         """Beam search for a batch of prompts: (B, beam) item ids (-1: a generated sequence that is no item) and
@@ -275,7 +281,7 @@ class StoreRecFamily:
         was = model.training
         model.eval()
         cut = 2 if split == "valid" else 1
-        users = self._users(split, rank, world)
+        users = self._users(split, rank, world, final)
         out = metric_sums(np.zeros(0), KS, NDCG_KS)
         extra = {}
         rng = np.random.default_rng([self.t["seed"], 7])
@@ -301,7 +307,7 @@ class StoreRecFamily:
                         extra[k] = extra.get(k, 0.0) + v
             cap = self.e["score_users"]
             todo = len(u) if cap is None else max(0, min(len(u), -(-cap // world) - a))
-            if final and "scoring" in self.tasks and todo:
+            if final and "scoring" in self.tasks and todo and self.e.get("stage_test", True):
                 for k, v in self._score(model, hists[:todo], target[:todo], rng).items():
                     extra[k] = extra.get(k, 0.0) + v
                 extra["score_users"] = extra.get("score_users", 0.0) + todo
