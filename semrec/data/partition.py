@@ -28,15 +28,19 @@ def lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` (or anything it wraps) is a worker, actor, node or object lost to the cluster, as opposed
     to an error of the work itself."""
     import ray.exceptions as rx
-    from ray.data.exceptions import SystemException
 
-    from semrec.errors import exception_chain
+    from semrec.errors import SemrecError, exception_chain
 
-    # Ray Data raises a failed execution ``from SystemException()`` when the failure was Ray's, not the UDF's
-    # (the original may arrive only as text: UnserializableException)
     lost = (rx.ActorDiedError, rx.NodeDiedError, rx.ObjectLostError, rx.WorkerCrashedError, rx.OwnerDiedError,
-            rx.ActorUnavailableError, rx.LocalRayletDiedError, rx.RaySystemError, SystemException)
-    return any(isinstance(e, lost) for e in exception_chain(exc))
+            rx.ActorUnavailableError, rx.LocalRayletDiedError)
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, SemrecError) for e in chain):  # our own input errors are never retried
+        return False
+    if any(isinstance(e, lost) for e in chain):
+        return True
+    # a lost actor's error may reach the driver only as text (UnserializableException)
+    text = " ".join(str(e) for e in chain if isinstance(e, rx.UnserializableException))
+    return any(t.__name__ in text for t in lost)
 
 
 def retry_lost(fn: Callable[[], T], what: str, cleanup: Callable[[], None] | None = None,
