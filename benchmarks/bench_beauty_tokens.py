@@ -11,7 +11,7 @@ from semrec.data.io import write_table
 from semrec.pipelines.tokenize_items import main
 from helpers import shared
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]  # ~5 min on 2 cores: a benchmark-suite run, not CI
 
 
 def test_beauty_every_item_gets_a_unique_code_sequence(ray_local, tmp_path):
