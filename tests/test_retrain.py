@@ -178,3 +178,48 @@ def test_killed_between_steps_the_rerun_skips_what_finished(ray_local, tmp_path)
     assert main(["run", "--config", str(config)]) == 0
     rec = json.loads((root / "current" / "run.json").read_text())
     assert [s["status"] for s in rec["steps"]] == ["skipped", "skipped", "ran"] and rec["status"] == "promoted"
+
+
+def _gate_case(tmp_path, current_metric, current_data_key, **gate):
+    """A retraining root whose current version measured ``current_metric`` on data step key ``current_data_key``."""
+    from semrec.config.settings import GateSettings, RetrainSettings, RetrainStep
+    from semrec.pipelines.retrain import point_current
+
+    root = tmp_path / "root"
+    (root / "versions" / "v1").mkdir(parents=True)
+    (root / "versions" / "v1" / "run.json").write_text(json.dumps({
+        "id": "v1", "status": "promoted", "gate": {"new": current_metric},
+        "steps": [{"name": "data", "job": "prepare_data", "key": current_data_key},
+                  {"name": "seqrec", "job": "train_seqrec", "key": "m1"}]}))
+    point_current(root, "v1")
+    s = RetrainSettings(root=root, gate=GateSettings(step="seqrec", metric="test_NDCG@10", **gate),
+                        steps=[RetrainStep(name="data", job="prepare_data"),
+                               RetrainStep(name="seqrec", job="train_seqrec")])
+    return s, root
+
+
+def _records(data_key, metric):
+    return [{"name": "data", "job": "prepare_data", "key": data_key},
+            {"name": "seqrec", "job": "train_seqrec", "key": "m2", "metrics": {"test_NDCG@10": metric}}]
+
+
+def test_gate_never_compares_numbers_measured_on_other_data(tmp_path):
+    from semrec.pipelines.retrain import gate
+
+    # same evaluation data: the recorded numbers are compared
+    s, root = _gate_case(tmp_path, 0.30, "d1", tolerance=0.01)
+    assert gate(s, root, _records("d1", 0.295))["status"] == "promoted"
+    assert gate(s, root, _records("d1", 0.28))["status"] == "refused"
+    # other evaluation data: not comparable, refused by default even when the number looks better
+    d = gate(s, root, _records("d2", 0.50))
+    assert d["status"] == "refused" and "evaluation data changed" in d["reason"]
+    assert d["gate"]["same_evaluation_data"] is False
+    # ... or promoted as a new baseline when configured, even when the number looks worse
+    s, root = _gate_case(tmp_path / "b", 0.30, "d1", on_changed_data="promote")
+    d = gate(s, root, _records("d2", 0.10))
+    assert d["status"] == "promoted" and d["gate"]["baseline_reset"] and "new baseline" in d["reason"]
+    # the floor holds whatever the data and the current version
+    s, root = _gate_case(tmp_path / "c", 0.30, "d1", on_changed_data="promote", floor=0.2)
+    d = gate(s, root, _records("d2", 0.10))
+    assert d["status"] == "refused" and "floor" in d["reason"]
+    assert gate(s, root, _records("d2", 0.25))["status"] == "promoted"

@@ -29,7 +29,8 @@ class RaySettings(Section):
     actors: int = Field(1, ge=1, description="actor-pool size of the embedding/encoding stages")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; actors x cpus_per_actor must "
                                                          "leave >= 1 CPU for Ray Data's read/write tasks")
-    threads: int | None = Field(None, ge=1, description="torch/faiss threads per actor (default: "
+    threads: int | None = Field(None, ge=1, description="torch/faiss threads per actor (default: on the "
+                                                        "in-process local Ray the node's CPUs / actors, on a cluster "
                                                         "ceil(cpus_per_actor))")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per embedding actor on a GPU cluster")
     batch_size: int = Field(8192, ge=1, description="rows per batch of the encoding stage")
@@ -701,6 +702,13 @@ class GateSettings(Section):
     step: str = Field(..., description="the step whose metrics.json decides promotion")
     metric: str = Field("test_NDCG@10", description="metric key in that step's metrics (higher is better)")
     tolerance: float = Field(0.0, ge=0, description="promote when new >= current - tolerance")
+    on_changed_data: Literal["refuse", "promote"] = Field(
+        "refuse", description="when the evaluation data differ from the current version's (another prepare_data "
+                              "key before the gated step), its recorded metric is not comparable: refuse (exit 4, "
+                              "a person decides; `rollback --to` or rerun with promote), or promote the new version "
+                              "as the new baseline (recorded as such), still subject to `floor`")
+    floor: float | None = Field(None, description="refuse any version whose metric is below this value, whatever "
+                                                  "the current version")
 
 
 class RetrainSettings(JobSettings):

@@ -14,6 +14,11 @@ import pyarrow.parquet as pq
 
 from semrec.errors import InputError, exception_chain
 
+# errors of local and network filesystems (NFS, FUSE-mounted buckets) worth retrying: Ray Data retries them per
+# block (``init_ray`` adds them to ``DataContext.retried_io_errors``), ``read_row_group`` per row group
+TRANSIENT_IO_ERRORS = ["Input/output error", "Stale file handle", "Connection reset by peer",
+                       "Resource temporarily unavailable", "Connection timed out"]
+
 MANIFEST = "_MANIFEST.json"
 
 
@@ -81,6 +86,31 @@ def first_unreadable(file: str | Path, batch_rows: int = 65_536) -> str | None:
                         f"{row + pf.metadata.row_group(rg).num_rows - 1:,}): {type(e).__name__}: {_one_line(e)}")
         row += pf.metadata.row_group(rg).num_rows
     return None
+
+
+def parquet_pieces(files: list[Path]) -> list[dict]:
+    """One ``{"path", "row_group"}`` per non-empty row group of ``files`` (read from the footers)."""
+    return [{"path": str(f), "row_group": rg} for f in files
+            for rg, n in enumerate(row_group_rows(f)) if n]
+
+
+def row_group_rows(file: Path) -> list[int]:
+    md = pq.read_metadata(file)
+    return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+
+
+def read_row_group(path: str, row_group: int, columns: list[str] | None = None, attempts: int = 3) -> pa.Table:
+    """One row group of a Parquet file; a transient filesystem error (``TRANSIENT_IO_ERRORS``: EIO, a stale NFS
+    handle, ...) is retried, as Ray Data retries its own reads."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+        except OSError as e:
+            if attempt == attempts or not any(t in str(e) for t in TRANSIENT_IO_ERRORS):
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def is_read_error(exc: BaseException) -> bool:

@@ -51,7 +51,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     from semrec.data.sequences import scan_sequences
     from semrec.models.artefact import model_version
     from semrec.pipelines.codes import check_unique_ids
-    from semrec.pipelines.runtime import check_actor_budget, init_ray
+    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
     from semrec.pipelines.udfs import UserStates
 
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     t1 = time.perf_counter()
     ds.context.execution_options.preserve_order = True
     rs = s.ray
-    threads = rs.threads or max(1, math.ceil(rs.cpus_per_actor))
+    threads = actor_threads(rs)
     ds.map_batches(UserStates, batch_format="pyarrow", batch_size=rs.batch_size,
                    fn_constructor_args=(str(Path(s.model).absolute()), threads, s.dtype),
                    compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,

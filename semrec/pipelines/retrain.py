@@ -212,6 +212,8 @@ def gate(s: RetrainSettings, root: Path, records: list[dict]) -> dict:
                          f"(has {sorted(rec.get('metrics') or {})[:8]})")
     cur = current_id(root)
     out = {"gate": {"step": g.step, "metric": g.metric, "tolerance": g.tolerance, "new": new}}
+    if g.floor is not None and new < g.floor:
+        return {**out, "status": "refused", "reason": f"{g.metric} {new:.4f} < floor {g.floor}"}
     if cur is None:
         return {**out, "status": "promoted", "reason": f"first version ({g.metric} {new:.4f})"}
     cur_rec = json.loads((root / "versions" / cur / "run.json").read_text())
@@ -221,6 +223,16 @@ def gate(s: RetrainSettings, root: Path, records: list[dict]) -> dict:
     out["gate"]["same_evaluation_data"] = same_eval
     if old is None:
         return {**out, "status": "promoted", "reason": f"current version {cur} has no {g.metric}"}
+    if not same_eval:  # the current version's number was measured on other data: not comparable
+        if g.on_changed_data == "promote":
+            out["gate"]["baseline_reset"] = True
+            return {**out, "status": "promoted", "reason": f"evaluation data changed since version {cur}: "
+                                                           f"{g.metric} {new:.4f} is the new baseline "
+                                                           f"(gate.on_changed_data = promote)"}
+        return {**out, "status": "refused", "reason": f"evaluation data changed since version {cur}, whose "
+                                                      f"{g.metric} {old:.4f} was measured on other data, so it is not "
+                                                      f"comparable with {new:.4f}; set gate.on_changed_data = "
+                                                      f"\"promote\" to accept new data as a new baseline"}
     if new + g.tolerance >= old:
         return {**out, "status": "promoted", "reason": f"{g.metric} {new:.4f} >= current {old:.4f} - {g.tolerance}"}
     return {**out, "status": "refused", "reason": f"{g.metric} {new:.4f} < current {old:.4f} - {g.tolerance} "

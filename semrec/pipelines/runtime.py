@@ -9,6 +9,7 @@ from typing import Callable
 
 from semrec.config import load_settings, path_values
 from semrec.config.settings import JobSettings, RaySettings
+from semrec.data.io import TRANSIENT_IO_ERRORS
 from semrec.errors import ConfigError, SemrecError, exception_chain
 
 log = logging.getLogger("semrec")
@@ -16,8 +17,6 @@ log = logging.getLogger("semrec")
 LOCAL_START_ATTEMPTS = 3
 
 
-TRANSIENT_IO_ERRORS = ["Input/output error", "Stale file handle", "Connection reset by peer",
-                       "Resource temporarily unavailable", "Connection timed out"]
 
 
 def init_ray(rs: RaySettings) -> None:
@@ -77,6 +76,22 @@ def check_actor_budget(rs: RaySettings) -> None:
         raise ConfigError(f"ray.actors x ray.cpus_per_actor = {need:g} CPUs leaves less than 1 of the cluster's "
                           f"{total:g} CPUs for Ray Data's read/write tasks (the pipeline would hang); lower "
                           f"--ray.cpus_per_actor or --ray.actors, and use --ray.threads for more threads per actor")
+
+
+def actor_threads(rs: RaySettings) -> int:
+    """torch/faiss threads per actor of an actor-pool stage: ``--ray.threads``, else on the in-process local Ray
+    (the job owns the machine) the node's CPUs shared among the actors (read/write tasks are light next to the
+    model; measured in benchmarks/bench_pipeline.py), else the CPUs each actor reserves."""
+    import math
+
+    import ray
+
+    if rs.threads:
+        return rs.threads
+    reserved = max(1, math.ceil(rs.cpus_per_actor))
+    if rs.address or os.environ.get("RAY_ADDRESS"):
+        return reserved
+    return max(reserved, int(ray.cluster_resources().get("CPU", 1)) // rs.actors)
 
 
 def find_semrec_error(exc: BaseException) -> SemrecError | None:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 
 from semrec.config import write_effective
-from semrec.config.settings import TokenizeItemsSettings
-from semrec.data.io import count_rows, input_read_errors, parquet_files, read_schema
+from semrec.config.settings import EncoderSettings, RaySettings, TokenizeItemsSettings
+from semrec.data.io import count_rows, input_read_errors, parquet_files, parquet_pieces, read_schema
 from semrec.data.output import job_output
 from semrec.errors import InputError
 from semrec.schemas import ITEMS, check_embedding_schema, check_schema
 from semrec.pipelines.codes import check_unique_ids, quantize
-from semrec.pipelines.udfs import EmbedItems
+from semrec.pipelines.udfs import EmbedItemPieces
 
 log = logging.getLogger("semrec.tokenize_items")
 ROWS_PER_PARTITION = 2_000_000
@@ -45,6 +45,34 @@ def validate_embeddings(files: list[Path]) -> tuple[int, int]:
         raise InputError(f"embedding dimensions differ between files: "
                          f"{ {str(k): v for k, v in list(dims.items())[:4]} }")
     return count_rows(files), next(iter(dims.values()))
+
+
+# ----------------------------------------------------------------------------- the embedding stage
+def rows_per_call(e: EncoderSettings) -> int:
+    """Rows handed to one ``SentenceEncoder.encode`` call (one Ray Data batch). The encoder buckets a call's
+    texts by token length and pads each bucket to whole forward passes of ``e.batch_size`` rows, so a larger
+    call wastes fewer padded rows: 1,024 rows embed ~15% faster than 256 on 2 cores (bench_pipeline.py)."""
+    return max(e.batch_size * 16, 1024)
+
+
+def embed_items(files: list[Path], e: EncoderSettings, rs: RaySettings, threads: int, out_dir: Path) -> None:
+    """items Parquet files -> (item_id, embedding) Parquet at ``out_dir``: one Ray Data execution of row-group
+    pieces -> actor pool (read + embed fused, the model loaded once per actor: ``EmbedItemPieces``) -> write.
+    Pieces, not Ray Data's Parquet read: that read hands a small catalogue to the actor pool as one bundle, so
+    a second actor idled, and its list/read tasks ran beside the model (bench_pipeline.py)."""
+    import ray.data
+
+    pieces = parquet_pieces(files)
+    names = set(read_schema(files[0]).names)
+    columns = ["item_id", *[f for f in e.text_fields if f in names]]
+    ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 1000))).map_batches(
+        EmbedItemPieces, batch_format="pyarrow", batch_size=1,
+        fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
+                             e.batch_size, e.max_length, e.dtype, e.device, threads),
+        fn_constructor_kwargs={"rows_per_call": rows_per_call(e), "columns": columns},
+        compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
+        num_gpus=rs.gpus_per_actor or None, max_restarts=rs.actor_restarts,
+    ).write_parquet(str(out_dir))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -68,7 +96,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
     import ray.data
 
-    from semrec.pipelines.runtime import check_actor_budget, init_ray
+    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -82,7 +110,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     init_ray(s.ray)
     rs = s.ray
     check_actor_budget(rs)
-    threads = rs.threads or max(1, math.ceil(rs.cpus_per_actor))
+    threads = actor_threads(rs)
     work = stage / "_work"
     items_path, emb_path = s.items, s.embeddings
     if s.sample:
@@ -100,14 +128,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
         check_unique_ids(items_ds, work / "ids", partitions, str(items_path), "item_id")
         emb_dir = (stage / "item_embeddings") if s.keep_embeddings else (work / "item_embeddings")
         t0 = time.perf_counter()
-        e = s.encoder
-        items_ds.map_batches(
-            EmbedItems, batch_format="pyarrow", batch_size=max(e.batch_size * 4, 256),
-            fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
-                                 e.batch_size, e.max_length, e.dtype, e.device, threads),
-            compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
-            num_gpus=rs.gpus_per_actor or None, max_restarts=rs.actor_restarts,
-        ).write_parquet(str(emb_dir))
+        embed_items(files, s.encoder, rs, threads, emb_dir)
         timings["embed_s"] = time.perf_counter() - t0
         emb_files = parquet_files(emb_dir, "item_embeddings")
         written = count_rows(emb_files)

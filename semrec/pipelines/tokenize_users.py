@@ -107,7 +107,7 @@ def tokenize(s: TokenizeUsersSettings, stage: Path) -> dict:
     import ray.data
 
     from semrec.data.sequences import scan_sequences
-    from semrec.pipelines.runtime import check_actor_budget, init_ray
+    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
     from semrec.pipelines.udfs import EncodeUsers
 
     t_start, timings = time.perf_counter(), {}
@@ -123,7 +123,7 @@ def tokenize(s: TokenizeUsersSettings, stage: Path) -> dict:
     init_ray(s.ray)
     check_actor_budget(s.ray)
     rs, work = s.ray, stage / "_work"
-    threads = rs.threads or max(1, math.ceil(rs.cpus_per_actor))
+    threads = actor_threads(rs)
 
     t0 = time.perf_counter()
     n_users, _ = scan_sequences(files, items["n_items"], 1, "a user token")

@@ -45,13 +45,34 @@ class EmbedItems:
                                        threads=threads)
         self.text_fields, self.empty_text, self.dtype = text_fields, empty_text, dtype
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def embed(self, batch: pa.Table) -> pa.Table:
         from semrec.data.items import compose_texts
 
         texts = compose_texts(batch, self.text_fields, self.empty_text)
         emb = self.encoder.encode(texts)
         return pa.table({"item_id": batch.column("item_id").cast(pa.int64()),
                          "embedding": embeddings_array(emb, self.dtype)})
+
+    __call__ = embed
+
+
+class EmbedItemPieces(EmbedItems):
+    """Parquet pieces (``path``, ``row_group``) -> (item_id, embedding): the read fused into the embedding actor.
+    Item text never crosses the object store and no list/read tasks compete with the model for CPU; the actor
+    reads one row group at a time (only ``columns``) and encodes ``rows_per_call`` rows per call, so memory stays
+    bounded by a row group whatever the catalogue size."""
+
+    def __init__(self, *args, rows_per_call: int = 1024, columns: list[str] | None = None):
+        super().__init__(*args)
+        self.rows_per_call, self.columns = rows_per_call, columns
+
+    def __call__(self, pieces: pa.Table):
+        from semrec.data.io import read_row_group
+
+        for path, rg in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()):
+            table = read_row_group(path, rg, self.columns)
+            for start in range(0, table.num_rows, self.rows_per_call):
+                yield self.embed(table.slice(start, self.rows_per_call))
 
 
 class EncodeCodes:
