@@ -20,7 +20,7 @@ def test_beauty_every_item_gets_a_unique_code_sequence(ray_local, tmp_path):
     out = tmp_path / "beauty_tokens"
     # 7 Beauty titles are empty: embed them as "item <id>" rather than failing
     code = main(["--items", str(tmp_path / "items.parquet"), "--output", str(out), "--encoder.empty_text", "id",
-                 "--ray.threads", "2", "--quantizer.kind", "rqvae", "--quantizer.levels", "3",
+                 "--quantizer.kind", "rqvae", "--quantizer.levels", "3",
                  "--quantizer.codebook_size", "256", "--quantizer.distance", "hybrid"])
     assert code == 0
     t = pq.read_table(out / "token_table")

@@ -68,8 +68,7 @@ def _tokens(distance: str, codebook: int) -> Path:
         if not items.exists():
             write_table(beauty_items(shared("amazon_beauty"))["items"], items)
         emb = WORK / "tokens" / "beauty-hybrid-256" / "item_embeddings"
-        source = ["--embeddings", str(emb)] if emb.exists() else ["--items", str(items), "--encoder.empty_text", "id",
-                                                                   "--ray.threads", "2"]
+        source = ["--embeddings", str(emb)] if emb.exists() else ["--items", str(items), "--encoder.empty_text", "id"]
         assert tokenize([*source, "--output", str(out), "--quantizer.distance", distance,
                          "--quantizer.codebook_size", str(codebook)]) == 0
     return out

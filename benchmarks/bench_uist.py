@@ -93,7 +93,7 @@ def item_tokens(dataset: str) -> Path:
         from semrec.pipelines.tokenize_items import main
 
         assert main(["--items", str(clicks(dataset) / "items"), "--output", str(out), "--encoder.empty_text", "id",
-                     "--encoder.text_fields", '["title","categories"]', "--ray.threads", "2", "--overwrite",
+                     "--encoder.text_fields", '["title","categories"]', "--overwrite",
                      *ITEM_Q[dataset]]) == 0
     return out
 

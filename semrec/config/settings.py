@@ -26,12 +26,15 @@ class RaySettings(Section):
                                                    "when launched by `ray job submit` (RAY_ADDRESS)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the in-process Ray (default: all)")
     object_store_mb: int = Field(1000, ge=100, description="object store size of the in-process Ray, MB")
-    actors: int = Field(1, ge=1, description="actor-pool size of the embedding/encoding stages")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; actors x cpus_per_actor must "
-                                                         "leave >= 1 CPU for Ray Data's read/write tasks")
-    threads: int | None = Field(None, ge=1, description="torch/faiss threads per actor (default: on the "
-                                                        "in-process local Ray the node's CPUs / actors, on a cluster "
-                                                        "ceil(cpus_per_actor))")
+    actors: int | None = Field(None, ge=1, description="actor-pool size of the embedding/encoding stages (default: "
+                                                       "on the in-process local Ray one single-threaded actor per "
+                                                       "CPU, the fastest on a laptop; on a cluster 1: set it)")
+    cpus_per_actor: float | None = Field(None, gt=0, description="CPUs reserved per actor; actors x cpus_per_actor "
+                                                                 "must leave >= 1 CPU for Ray Data's read/write "
+                                                                 "tasks (default: local Ray (CPUs - 1) / actors, "
+                                                                 "cluster 1)")
+    threads: int | None = Field(None, ge=1, description="torch/faiss threads per actor (default: local Ray "
+                                                        "CPUs // actors, cluster ceil(cpus_per_actor))")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per embedding actor on a GPU cluster")
     batch_size: int = Field(8192, ge=1, description="rows per batch of the encoding stage")
     actor_restarts: int = Field(0, ge=-1, description="restarts of a crashed embedding/encoding actor (-1 = "

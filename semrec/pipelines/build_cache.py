@@ -51,7 +51,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     from semrec.data.sequences import scan_sequences
     from semrec.models.artefact import model_version
     from semrec.pipelines.codes import check_unique_ids
-    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
+    from semrec.pipelines.runtime import check_actor_budget, init_ray
     from semrec.pipelines.udfs import UserStates
 
     t0 = time.perf_counter()
@@ -61,15 +61,14 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     cfg = check_model(s.model)
     version = model_version(s.model)
     init_ray(s.ray)
-    check_actor_budget(s.ray)
+    rs = check_actor_budget(s.ray)
     n_users, _ = scan_sequences(files, cfg["n_items"], 1, "a cached user state")
     ds = ray.data.read_parquet([str(f) for f in files]).select_columns(["user_id", "item_ids"])
     check_unique_ids(ds, stage / "_work" / "ids", s.partitions or max(1, math.ceil(n_users / ROWS_PER_PARTITION)),
                      str(s.sequences), "user_id")
     t1 = time.perf_counter()
     ds.context.execution_options.preserve_order = True
-    rs = s.ray
-    threads = actor_threads(rs)
+    threads = rs.threads
     ds.map_batches(UserStates, batch_format="pyarrow", batch_size=rs.batch_size,
                    fn_constructor_args=(str(Path(s.model).absolute()), threads, s.dtype),
                    compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,

@@ -65,33 +65,39 @@ class _NoFalseHangWarning(logging.Filter):
         return "will hang unless more CPUs are freed up" not in record.getMessage()
 
 
-def check_actor_budget(rs: RaySettings) -> None:
-    """Refuse actor pools that would take every CPU: Ray Data's read tasks (1 CPU each) would then
-    never be scheduled and the pipeline would hang (measured on 2-core machines)."""
+def check_actor_budget(rs: RaySettings) -> RaySettings:
+    """The resolved actor pool (``resolve_actor_pool``); refuse pools that would take every CPU: Ray Data's read
+    tasks (1 CPU each) would then never be scheduled and the pipeline would hang (measured on 2-core machines)."""
     import ray
 
+    rs = resolve_actor_pool(rs)
     total = ray.cluster_resources().get("CPU", 0)
     need = rs.actors * rs.cpus_per_actor
     if total and need > total - 1:
         raise ConfigError(f"ray.actors x ray.cpus_per_actor = {need:g} CPUs leaves less than 1 of the cluster's "
                           f"{total:g} CPUs for Ray Data's read/write tasks (the pipeline would hang); lower "
                           f"--ray.cpus_per_actor or --ray.actors, and use --ray.threads for more threads per actor")
+    return rs
 
 
-def actor_threads(rs: RaySettings) -> int:
-    """torch/faiss threads per actor of an actor-pool stage: ``--ray.threads``, else on the in-process local Ray
-    (the job owns the machine) the node's CPUs shared among the actors (read/write tasks are light next to the
-    model; measured in benchmarks/bench_pipeline.py), else the CPUs each actor reserves."""
+def resolve_actor_pool(rs: RaySettings) -> RaySettings:
+    """``rs`` with the actor pool of the embedding/encoding stages filled in (after ``init_ray``).
+
+    On the in-process local Ray the job owns the machine: by default one single-threaded actor per CPU, each
+    reserving (CPUs - 1) / actors so that one CPU stays free for Ray Data's tasks. On 2 cores two 1-thread
+    actors embed ~1.3x faster than one 2-thread actor, whose threads wait on each other whenever Ray's own
+    processes take a core (benchmarks/bench_pipeline.py). On a cluster: 1 actor reserving 1 CPU unless set, and
+    as many threads as CPUs reserved."""
     import math
 
     import ray
 
-    if rs.threads:
-        return rs.threads
-    reserved = max(1, math.ceil(rs.cpus_per_actor))
-    if rs.address or os.environ.get("RAY_ADDRESS"):
-        return reserved
-    return max(reserved, int(ray.cluster_resources().get("CPU", 1)) // rs.actors)
+    local = not (rs.address or os.environ.get("RAY_ADDRESS"))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = rs.actors or (cpus if local else 1)
+    per_actor = rs.cpus_per_actor or ((cpus - 1) / actors if local and cpus > 1 else 1.0)
+    threads = rs.threads or (max(1, cpus // actors) if local else max(1, math.ceil(per_actor)))
+    return rs.model_copy(update={"actors": actors, "cpus_per_actor": per_actor, "threads": threads})
 
 
 def find_semrec_error(exc: BaseException) -> SemrecError | None:

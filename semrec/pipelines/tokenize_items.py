@@ -96,7 +96,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     """The job's work, written into ``stage`` (published by ``run`` when it returns)."""
     import ray.data
 
-    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
+    from semrec.pipelines.runtime import check_actor_budget, init_ray
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -108,9 +108,8 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     if s.sample is None and n == 0:
         raise InputError(f"{s.items or s.embeddings}: zero rows")
     init_ray(s.ray)
-    rs = s.ray
-    check_actor_budget(rs)
-    threads = actor_threads(rs)
+    rs = check_actor_budget(s.ray)  # the actor pool resolved for this cluster
+    threads = rs.threads
     work = stage / "_work"
     items_path, emb_path = s.items, s.embeddings
     if s.sample:
@@ -143,7 +142,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
     emb_ds = ray.data.read_parquet([str(f) for f in emb_files])
     log.info("%d items, embedding dim %d, %d partitions", n, dim, partitions)
 
-    quant = quantize(emb_ds, n, s.quantizer, s.seed, s.fit_sample, stage, work, partitions, "item_id", s.ray, threads,
+    quant = quantize(emb_ds, n, s.quantizer, s.seed, s.fit_sample, stage, work, partitions, "item_id", rs, threads,
                      s.plots)
     shutil.rmtree(work, ignore_errors=True)
     timings.update(quant.pop("timings"))

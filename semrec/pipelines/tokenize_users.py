@@ -107,7 +107,7 @@ def tokenize(s: TokenizeUsersSettings, stage: Path) -> dict:
     import ray.data
 
     from semrec.data.sequences import scan_sequences
-    from semrec.pipelines.runtime import actor_threads, check_actor_budget, init_ray
+    from semrec.pipelines.runtime import check_actor_budget, init_ray
     from semrec.pipelines.udfs import EncodeUsers
 
     t_start, timings = time.perf_counter(), {}
@@ -121,9 +121,8 @@ def tokenize(s: TokenizeUsersSettings, stage: Path) -> dict:
         items["text_dim"] = check_embedding_schema(read_schema(emb[0]), str(emb[0]))
     reuse = check_encoder(s.user_encoder, items) if s.user_encoder else None
     init_ray(s.ray)
-    check_actor_budget(s.ray)
-    rs, work = s.ray, stage / "_work"
-    threads = actor_threads(rs)
+    rs, work = check_actor_budget(s.ray), stage / "_work"
+    threads = rs.threads
 
     t0 = time.perf_counter()
     n_users, _ = scan_sequences(files, items["n_items"], 1, "a user token")
