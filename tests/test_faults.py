@@ -1,4 +1,4 @@
-"""A transient read error in one block of a Ray Data read: retried (``TRANSIENT_IO_ERRORS`` in the DataContext
+"""A transient read error in one block of a Ray Data read (and in an embedding actor's own row-group read): retried (``TRANSIENT_IO_ERRORS`` in the DataContext
 that ``init_ray`` configures), and the read is complete. The filesystem is a real local one wrapped so that the
 open of one file's data in a Ray worker process fails once with EIO (marker files count the opens across the
 worker processes; the file's first worker-side open is Ray's footer read, which Ray retries only on its own
@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -53,3 +54,30 @@ def test_a_transient_read_error_in_one_block_is_retried(ray_local, tmp_path):
                                   .iter_batches(batch_format="numpy", batch_size=None)]))
     assert marker.exists(), "the read error was never raised"
     assert np.array_equal(ids, np.arange(1, 2001))
+
+
+def test_the_embedding_actors_retry_a_transient_row_group_read(tmp_path, monkeypatch):
+    """tokenize_items' actors read their row groups themselves (``read_row_group``): EIO once is retried, an error
+    that is not transient (a corrupt file) is raised at once."""
+    import pyarrow.parquet as pq
+
+    from semrec.data import io
+
+    write_table(pa.table({"item_id": pa.array(np.arange(1, 101), pa.int64())}), tmp_path / "a.parquet")
+    assert io.parquet_pieces([tmp_path / "a.parquet"]) == [{"path": str(tmp_path / "a.parquet"), "row_group": 0}]
+    calls = []
+    real = pq.ParquetFile
+
+    class Flaky(real):
+        def read_row_group(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(errno.EIO, "Input/output error")
+            return super().read_row_group(*a, **k)
+
+    monkeypatch.setattr(io.pq, "ParquetFile", Flaky)
+    t = io.read_row_group(str(tmp_path / "a.parquet"), 0, ["item_id"])
+    assert len(calls) == 2 and t.column("item_id").to_pylist() == list(range(1, 101))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises((OSError, pa.ArrowException)):
+        io.read_row_group(str(tmp_path / "bad.parquet"), 0)
