@@ -71,7 +71,7 @@ def test_ray_data_vs_bare_loop(benchmark, ray_local, tmp_path):
                         str(rows_per_call(e)), str(e.batch_size), str(e.max_length), "2"], check=True)
 
     def pipeline(files, out, path):
-        embed_items([Path(f) for f in files], e, configs[path], threads[path], out)
+        embed_items([Path(f) for f in files], e, configs[path], out)
 
     outputs = {}
     for r in range(ROUNDS):

@@ -17,8 +17,6 @@ log = logging.getLogger("semrec")
 LOCAL_START_ATTEMPTS = 3
 
 
-
-
 def init_ray(rs: RaySettings) -> None:
     """Connect to ``rs.address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else start an in-process Ray."""
     # 2-core machines: 32 footer-reader actors make small-file reads crawl (shared/notes).

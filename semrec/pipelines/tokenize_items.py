@@ -55,9 +55,10 @@ def rows_per_call(e: EncoderSettings) -> int:
     return max(e.batch_size * 16, 1024)
 
 
-def embed_items(files: list[Path], e: EncoderSettings, rs: RaySettings, threads: int, out_dir: Path) -> None:
+def embed_items(files: list[Path], e: EncoderSettings, rs: RaySettings, out_dir: Path) -> None:
     """items Parquet files -> (item_id, embedding) Parquet at ``out_dir``: one Ray Data execution of row-group
     pieces -> actor pool (read + embed fused, the model loaded once per actor: ``EmbedItemPieces``) -> write.
+    ``rs`` is the resolved actor pool (``check_actor_budget``).
     Pieces, not Ray Data's Parquet read: that read hands a small catalogue to the actor pool as one bundle, so
     a second actor idled, and its list/read tasks ran beside the model (bench_pipeline.py)."""
     import ray.data
@@ -68,7 +69,7 @@ def embed_items(files: list[Path], e: EncoderSettings, rs: RaySettings, threads:
     ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 1000))).map_batches(
         EmbedItemPieces, batch_format="pyarrow", batch_size=1,
         fn_constructor_args=(str(e.model_path) if e.model_path else None, e.text_fields, e.empty_text,
-                             e.batch_size, e.max_length, e.dtype, e.device, threads),
+                             e.batch_size, e.max_length, e.dtype, e.device, rs.threads),
         fn_constructor_kwargs={"rows_per_call": rows_per_call(e), "columns": columns},
         compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
         num_gpus=rs.gpus_per_actor or None, max_restarts=rs.actor_restarts,
@@ -127,7 +128,7 @@ def tokenize(s: TokenizeItemsSettings, stage: Path) -> dict:
         check_unique_ids(items_ds, work / "ids", partitions, str(items_path), "item_id")
         emb_dir = (stage / "item_embeddings") if s.keep_embeddings else (work / "item_embeddings")
         t0 = time.perf_counter()
-        embed_items(files, s.encoder, rs, threads, emb_dir)
+        embed_items(files, s.encoder, rs, emb_dir)
         timings["embed_s"] = time.perf_counter() - t0
         emb_files = parquet_files(emb_dir, "item_embeddings")
         written = count_rows(emb_files)
