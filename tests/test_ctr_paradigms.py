@@ -173,3 +173,43 @@ def test_movielens_clicks_use_ratings_of_4_and_more(tmp_path):
     assert len(clicks) == test.user_id.nunique() == pq.read_table(tmp_path / "clicks" / "histories").num_rows
     assert all((u, i) in liked for u, i in zip(clicks.user_id, clicks.item_id))
     assert pq.read_table(tmp_path / "clicks" / "items").num_rows == 1682
+
+
+def test_uist_token_embeddings_from_the_tokenizers_codebooks(clicks, tmp_path, capsys):
+    """--model.token_embeddings codebook: each token = its learned row + a learned map of its quantizer code
+    vector, so a level prefix starts at the map of the quantizer's partial reconstruction; trains, saves and
+    loads to the same scores, and counts the codebooks in the representation bytes."""
+    import shutil
+
+    from semrec.models.ctr.models import HMI, MODELS
+    from semrec.quant.rkmeans import ResidualKMeans
+
+    d = tmp_path / "clicks"
+    shutil.copytree(clicks, d)
+    rng = np.random.default_rng(1)
+    ResidualKMeans(levels=2, codebook_size=[TOPICS, 16]).fit(rng.normal(size=(2000, 12))).save(d / "tokens" / "quantizer")
+    out = tmp_path / "out"
+    assert run(d, out, "uist", "--model.token_embeddings", "codebook") != 0  # no user quantizer: a clear error
+    assert "users/quantizer/config.json: cannot read quantizer config" in capsys.readouterr().err
+    assert not out.exists()
+    ResidualKMeans(levels=2, codebook_size=[TOPICS, 4]).fit(rng.normal(size=(600, 8))).save(d / "users" / "quantizer")
+    assert run(d, out, "uist", "--model.token_embeddings", "codebook") == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["test_AUC"] > 0.7
+    model = from_pretrained(out / "model").eval()
+    assert model.hmi.user_books is not None and model.hmi.item_books is not None
+    assert report["user_bytes"] == model.user_codes.numel() + (TOPICS + 4) * 8 * 4 + (TOPICS + 4) * 8 * 4 + 8 * 8 * 4
+    torch.testing.assert_close(model.hmi.item_books.book1,
+                               torch.from_numpy(ResidualKMeans.load(d / "tokens" / "quantizer").codebooks_np()[1]))
+    # the prefix sums of the projected code vectors are the projection of the partial reconstructions
+    books = [torch.randn(5, 6), torch.randn(3, 6)]
+    base = MODELS["dcn"](n_features=0, n_fields=2, embedding_dim=4, hidden=[8])
+    hmi = HMI(base, [5, 3], [5, 3], 4, user_books=books, item_books=books)
+    for t in hmi.user:
+        torch.nn.init.zeros_(t.weight)
+    codes = torch.tensor([[1, 2], [4, 0]])
+    prefix = hmi.prefix(hmi.user, codes, hmi.user_books)
+    partial = torch.stack([books[0][codes[:, 0]], books[0][codes[:, 0]] + books[1][codes[:, 1]]], dim=1)
+    torch.testing.assert_close(prefix, hmi.user_books.proj(partial))
+    with pytest.raises(ValueError, match="do not match codebook sizes"):
+        HMI(base, [5, 4], [5, 3], 4, user_books=books)

@@ -83,6 +83,22 @@ def test_mcqm_gumbel_while_training_argmax_at_inference_and_annealing():
     assert all(a >= b for a, b in zip(taus, taus[1:]))
 
 
+def test_training_assignments_converge_to_the_inference_argmax_as_the_temperature_falls():
+    """The temperature divides the scores, so the hard Gumbel sample argmax(s + tau g) tends to inference's
+    argmax(s); with F.gumbel_softmax(s, tau) alone the hard sample ignores tau and never converges."""
+    torch.manual_seed(0)
+    e, valid = torch.randn(8, 200, D), torch.ones(8, 200, dtype=torch.bool)
+    q = MultiCodebookQuantizer(D, codebooks=3, codewords=8).train()
+    hard = q.scores(e).argmax(-1)
+    agree = {}
+    for tau in (1.0, 0.3, 0.001):
+        q.tau0 = q.tau_min = tau
+        agree[tau] = (q.assign(e).argmax(-1) == hard).float().mean().item()
+        literal = torch.nn.functional.gumbel_softmax(q.scores(e), tau=tau, hard=True).argmax(-1)
+        agree[f"literal {tau}"] = (literal == hard).float().mean().item()
+    assert agree[1.0] < agree[0.3] < agree[0.001] and agree[0.001] > 0.99
+    assert agree["literal 0.001"] < 0.5  # the literal form: as noisy at tau 0.001 as at 1 (~0.26 agree)
+
 def test_codewords_get_gradients_through_the_straight_through_estimator():
     torch.manual_seed(0)
     items = torch.nn.Embedding(51, D, padding_idx=0)

@@ -54,9 +54,13 @@ class MultiCodebookQuantizer(nn.Module):
         return torch.einsum("bnle,nwe->bnlw", torch.einsum("bld,nde->bnle", self.norm(e), self.proj), self.codewords)
 
     def assign(self, e: torch.Tensor) -> torch.Tensor:
-        """(B, N, L, W) one-hot codeword choices: Gumbel-softmax, straight-through (training)."""
+        """(B, N, L, W) one-hot codeword choices (training): Gumbel-softmax over the scores divided by the
+        annealed temperature, straight-through. Dividing the logits (not only the relaxation) is what makes
+        training converge to inference: the hard sample argmax(s / tau + g) = argmax(s + tau g) tends to the
+        argmax of inference as tau falls, while F.gumbel_softmax(s, tau) alone samples argmax(s + g) at every
+        tau, so training never sees the assignment inference makes."""
         self.steps += 1
-        return F.gumbel_softmax(self.scores(e), tau=self.tau(), hard=True, dim=-1)
+        return F.gumbel_softmax(self.scores(e) / self.tau(), tau=1.0, hard=True, dim=-1)
 
     def forward(self, e: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, length, d = e.shape
@@ -131,9 +135,10 @@ class TargetAttention(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_norm, self.k_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, cand: torch.Tensor, clusters: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        s = self.q(cand) @ self.k(clusters).transpose(1, 2) / math.sqrt(cand.shape[-1])
+        s = self.q(self.q_norm(cand)) @ self.k(self.k_norm(clusters)).transpose(1, 2) / math.sqrt(cand.shape[-1])
         s = s.masked_fill(~valid[:, None, :], float("-inf"))
         return torch.softmax(s, dim=-1) @ self.v(clusters)
 
