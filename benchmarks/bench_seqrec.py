@@ -66,6 +66,7 @@ def _tokens(distance: str, codebook: int) -> Path:
 
         items = WORK / "data" / "beauty_items.parquet"
         if not items.exists():
+            items.parent.mkdir(parents=True, exist_ok=True)
             write_table(beauty_items(shared("amazon_beauty"))["items"], items)
         emb = WORK / "tokens" / "beauty-hybrid-256" / "item_embeddings"
         source = ["--embeddings", str(emb)] if emb.exists() else ["--items", str(items), "--encoder.empty_text", "id"]

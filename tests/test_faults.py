@@ -64,7 +64,12 @@ def test_the_embedding_actors_retry_a_transient_row_group_read(tmp_path, monkeyp
     from semrec.data import io
 
     write_table(pa.table({"item_id": pa.array(np.arange(1, 101), pa.int64())}), tmp_path / "a.parquet")
-    assert io.parquet_pieces([tmp_path / "a.parquet"]) == [{"path": str(tmp_path / "a.parquet"), "row_group": 0}]
+    one = {"path": str(tmp_path / "a.parquet"), "row_group": 0}
+    assert io.parquet_pieces([tmp_path / "a.parquet"]) == [{**one, "start": 0, "rows": 100}]
+    # one row group and 4 workers: row ranges of >= min_rows that cover every row once
+    assert io.parquet_pieces([tmp_path / "a.parquet"], min_pieces=4, min_rows=10) == [
+        {**one, "start": s, "rows": 25} for s in (0, 25, 50, 75)]
+    assert [p["rows"] for p in io.parquet_pieces([tmp_path / "a.parquet"], min_pieces=4, min_rows=40)] == [40, 40, 20]
     calls = []
     real = pq.ParquetFile
 

@@ -88,10 +88,17 @@ def first_unreadable(file: str | Path, batch_rows: int = 65_536) -> str | None:
     return None
 
 
-def parquet_pieces(files: list[Path]) -> list[dict]:
-    """One ``{"path", "row_group"}`` per non-empty row group of ``files`` (read from the footers)."""
-    return [{"path": str(f), "row_group": rg} for f in files
-            for rg, n in enumerate(row_group_rows(f)) if n]
+def parquet_pieces(files: list[Path], min_pieces: int = 1, min_rows: int = 1) -> list[dict]:
+    """``{"path", "row_group", "start", "rows"}`` pieces covering every row of ``files`` once (from the footers).
+    A piece is a row group, or a row range of one when there are fewer than ``min_pieces`` row groups: ranges of
+    at least ``min_rows`` rows and at most total / min_pieces, so a catalogue written as one row group still
+    feeds ``min_pieces`` workers (each reads its row group and keeps its range: bounded re-reading, since ranges
+    are split only until ``min_pieces`` exist)."""
+    groups = [(str(f), rg, n) for f in files for rg, n in enumerate(row_group_rows(f)) if n]
+    total = sum(n for *_, n in groups)
+    size = max(min_rows, -(-total // max(1, min_pieces))) if len(groups) < min_pieces else None
+    return [{"path": path, "row_group": rg, "start": start, "rows": min(size or n, n - start)}
+            for path, rg, n in groups for start in range(0, n, size or n)]
 
 
 def row_group_rows(file: Path) -> list[int]:

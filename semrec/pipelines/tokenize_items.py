@@ -63,7 +63,7 @@ def embed_items(files: list[Path], e: EncoderSettings, rs: RaySettings, out_dir:
     a second actor idled, and its list/read tasks ran beside the model (bench_pipeline.py)."""
     import ray.data
 
-    pieces = parquet_pieces(files)
+    pieces = parquet_pieces(files, min_pieces=2 * rs.actors, min_rows=rows_per_call(e))  # every actor busy
     names = set(read_schema(files[0]).names)
     columns = ["item_id", *[f for f in e.text_fields if f in names]]
     ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 1000))).map_batches(

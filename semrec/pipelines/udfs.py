@@ -57,7 +57,7 @@ class EmbedItems:
 
 
 class EmbedItemPieces(EmbedItems):
-    """Parquet pieces (``path``, ``row_group``) -> (item_id, embedding): the read fused into the embedding actor.
+    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) -> (item_id, embedding): the read fused into the embedding actor.
     Item text never crosses the object store and no list/read tasks compete with the model for CPU; the actor
     reads one row group at a time (only ``columns``) and encodes ``rows_per_call`` rows per call, so memory stays
     bounded by a row group whatever the catalogue size."""
@@ -69,8 +69,9 @@ class EmbedItemPieces(EmbedItems):
     def __call__(self, pieces: pa.Table):
         from semrec.data.io import read_row_group
 
-        for path, rg in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()):
-            table = read_row_group(path, rg, self.columns)
+        for piece in pieces.to_pylist():
+            table = read_row_group(piece["path"], piece["row_group"], self.columns)
+            table = table.slice(piece["start"], piece["rows"])
             for start in range(0, table.num_rows, self.rows_per_call):
                 yield self.embed(table.slice(start, self.rows_per_call))
 

@@ -36,8 +36,12 @@ class MultiCodebookQuantizer(nn.Module):
     and their mask (B, N*W) True where at least one behaviour chose the codeword."""
 
     def __init__(self, dim: int, codebooks: int = 4, codewords: int = 32, tau0: float = 1.0,
-                 tau_min: float = 0.1, anneal_steps: int = 2000):
+                 tau_min: float = 0.1, anneal_steps: int = 2000, cluster_sizes: bool = False):
         super().__init__()
+        self.size = None
+        if cluster_sizes:  # zero at the start: the paper's average pooling until the sizes prove useful
+            self.size = nn.Linear(1, dim, bias=False)
+            nn.init.zeros_(self.size.weight)
         self.n, self.w, self.tau0, self.tau_min, self.anneal_steps = codebooks, codewords, tau0, tau_min, anneal_steps
         self.norm = nn.LayerNorm(dim)  # scores see unit-scale behaviours, so they compete with the Gumbel noise
         self.proj = nn.Parameter(torch.empty(codebooks, dim, dim))
@@ -75,7 +79,10 @@ class MultiCodebookQuantizer(nn.Module):
             sums = e.new_zeros(b, self.n, self.w, d).scatter_add_(
                 2, idx[..., None].expand(b, self.n, length, d), (e * w[..., None])[:, None].expand(b, self.n, length, d))
         clusters = sums / counts.clamp(min=1.0).unsqueeze(-1)
-        return clusters.reshape(b, self.n * self.w, -1), (counts > 0.5).reshape(b, self.n * self.w)
+        valid_c = counts > 0.5
+        if self.size is not None:
+            clusters = clusters + self.size(torch.log1p(counts.detach()).unsqueeze(-1)) * valid_c.unsqueeze(-1)
+        return clusters.reshape(b, self.n * self.w, -1), valid_c.reshape(b, self.n * self.w)
 
 
 class HSTULayer(nn.Module):
@@ -154,10 +161,10 @@ class DMQNUser(nn.Module):
 
     def __init__(self, items: nn.Module, dim: int, codebooks: int = 4, codewords: int = 32, hstu_layers: int = 1,
                  heads: int = 1, dropout: float = 0.0, tau0: float = 1.0, tau_min: float = 0.1,
-                 anneal_steps: int = 2000):
+                 anneal_steps: int = 2000, cluster_sizes: bool = False):
         super().__init__()
         self.items = items
-        self.mcqm = MultiCodebookQuantizer(dim, codebooks, codewords, tau0, tau_min, anneal_steps)
+        self.mcqm = MultiCodebookQuantizer(dim, codebooks, codewords, tau0, tau_min, anneal_steps, cluster_sizes)
         self.icim = nn.ModuleList(HSTULayer(dim, codebooks * codewords, heads, dropout) for _ in range(hstu_layers))
         self.ctam = TargetAttention(dim)
 

@@ -240,7 +240,8 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
                                ls["din_hidden"])
         else:
             user = DMQNUser(item, d, ls["codebooks"], ls["codewords"], 0 if p == "dmqn-simple" else ls["hstu_layers"],
-                            ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"])
+                            ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"],
+                            ls.get("cluster_sizes", False))
     else:
         e = spec["encoder"]
         user = SequenceEncoder(item, d, d, e["layers"], e["heads"], e["max_len"], e["dropout"])
