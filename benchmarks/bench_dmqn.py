@@ -10,7 +10,7 @@ Data (built on first use under out/bench_dmqn/):
 Models (`train_ctr --paradigm ...`, DCN head, embedding 16, items as ID + category embeddings, at most 12
 epochs, patience 2, batches of whole users so DMQN computes a user's state once per batch): DIN-short (the last 50 behaviours), SIM-hard
 (the 50 latest of the candidate's category), DIN-full (every behaviour), DMQN-simple and DMQN (4 x 32
-codewords, 1 HSTU layer), seeds 1-3:
+codewords, 1 HSTU layer), DMQN with cluster sizes (`--model.cluster_sizes`, beyond the paper), seeds 1-3:
 
     pytest benchmarks/bench_dmqn.py -s -k "auc and synthetic"
     pytest benchmarks/bench_dmqn.py -s -k latency_vs_length
@@ -41,7 +41,8 @@ MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
           "sim-hard": ["--paradigm", "sim-hard", "--model.top_k", "50"],
           "din-full": ["--paradigm", "din"],
           "dmqn-simple": ["--paradigm", "dmqn-simple"],
-          "dmqn": ["--paradigm", "dmqn"]}
+          "dmqn": ["--paradigm", "dmqn"],
+          "dmqn-sizes": ["--paradigm", "dmqn", "--model.cluster_sizes"]}  # + log cluster sizes (not the paper)
 COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", "4",
           "--model.codewords", "32", "--model.category_features", "--train.group_users", "--train.batch_size", "512",
           "--train.threads", "1",

@@ -361,6 +361,10 @@ class CTRModelSettings(Section):
     tau0: float = Field(1.0, gt=0, description="dmqn: initial Gumbel-softmax temperature")
     tau_min: float = Field(0.1, gt=0, description="dmqn: final Gumbel-softmax temperature")
     anneal_steps: int = Field(2000, ge=1, description="dmqn: tau = max(tau_min, tau0 * exp(-step / anneal_steps))")
+    cluster_sizes: bool = Field(False, description="dmqn: add a learned map (zero at the start) of log(1 + "
+                                                   "behaviours in the cluster) to each interest cluster; the "
+                                                   "paper's average pooling alone (false) keeps what an interest "
+                                                   "looks like, not how often it occurs")
     top_k: int = Field(50, ge=1, description="sim-hard: behaviours retrieved from the candidate's category")
     din_hidden: list[int] = Field([64, 32], description="din / sim-hard: activation-unit MLP widths")
     category_features: bool = Field(False, description="din / sim-hard / dmqn: embed each item as its ID plus its "

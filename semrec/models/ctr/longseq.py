@@ -6,12 +6,17 @@ left-padded with 0, and the candidates' item vectors to one interest vector per 
   projection of the behaviour embeddings, dot-product scores against the codewords, Gumbel-softmax with an
   annealed temperature while training (straight-through one-hot), argmax at inference; behaviours are
   average-pooled per codeword into N x W interest clusters. A codeword no behaviour chose is an *empty*
-  cluster: zero, and masked out of everything after it.
+  cluster: zero, and masked out of everything after it. The temperature divides the scores before the
+  Gumbel noise, so training's hard choices converge to inference's argmax as it anneals. ``cluster_sizes``
+  adds a learned map (zero at the start) of log(1 + behaviours in the cluster): the average alone keeps what
+  an interest looks like, not how often it occurs.
 - ``HSTULayer`` (ICIM, §2.3): f1 -> SiLU -> split U, V, Q, K; SiLU(QK^T + relative cluster bias) V over
   the non-empty clusters (divided by their count); LayerNorm, gated by U; f2; residual. ``hstu_reference``
   is the same layer written as explicit loops over users, heads and clusters: the batched layer must equal
   it (tests/test_longseq.py).
-- ``TargetAttention`` (CTAM, §2.4): scaled dot-product attention of each candidate over the clusters.
+- ``TargetAttention`` (CTAM, §2.4): scaled dot-product attention of each candidate over the clusters, queries
+  and keys LayerNorm-ed (the embedding L2 penalty keeps item vectors ~1e-2, where raw dot products leave the
+  softmax uniform and DMQN learned nothing on some seeds).
 - ``DMQNUser``: ``state(history)`` = MCQM + ICIM, the candidate-independent part (what the per-user cache
   holds); ``attend(state, candidates)`` = CTAM. ``hstu_layers=0`` is DMQN-simple (the paper's ablation).
 - ``DINUser``: DIN's activation unit (MLP over [q, k, q - k, q * k]) weighting the last ``max_len``

@@ -241,7 +241,7 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
         else:
             user = DMQNUser(item, d, ls["codebooks"], ls["codewords"], 0 if p == "dmqn-simple" else ls["hstu_layers"],
                             ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"],
-                            ls.get("cluster_sizes", False))
+                            ls.get("cluster_sizes", False))  # absent in models saved before the option
     else:
         e = spec["encoder"]
         user = SequenceEncoder(item, d, d, e["layers"], e["heads"], e["max_len"], e["dropout"])
