@@ -37,8 +37,7 @@ MODELS = ["dcn", "deepfm", "finalmlp"]
 PARADIGMS = ["id-id", "id-enc", "emb-enc", "emb-cached", "ist", "uist"]
 LABEL = {"id-id": "(a)/(e) ID item + user ID", "id-enc": "(a)/(f) ID item + user encoder",
          "emb-enc": "(c)/(f) item embedding + user encoder", "emb-cached": "(c)/(g) item embedding + cached z",
-         "ist": "(d)/(f) IST: item tokens + user encoder", "uist": "(d)/(h) UIST: item + user tokens, HMI",
-         "uist-cb": "(d)/(h) UIST, token embeddings from the codebooks"}
+         "ist": "(d)/(f) IST: item tokens + user encoder", "uist": "(d)/(h) UIST: item + user tokens, HMI"}
 SMALL = ["--model.embedding_dim", "16", "--model.hidden", "[128,128]", "--model.hidden2", "[128]",
          "--model.gate_hidden", "[128]", "--train.threads", "1"]
 # item / user quantizers per dataset (MovieLens: 1,682 items, ~900 users: smaller codebooks)
@@ -160,7 +159,7 @@ def _tables(runs: dict) -> None:
         for model in MODELS:
             ref = groups.get((dataset, model, "emb-cached"))
             ref_auc = _mean(ref, "test_AUC")[0] if ref else None
-            for p in PARADIGMS + ["uist-cb", "uist-layer", "uist-add"]:
+            for p in PARADIGMS + ["uist-layer", "uist-add"]:
                 g = groups.get((dataset, model, p))
                 if not g:
                     continue
@@ -181,17 +180,6 @@ def test_table2(benchmark, ray_local, dataset, model, paradigm, seed):
     report = benchmark.pedantic(run_ctr, args=(dataset, model, paradigm, seed), rounds=1, iterations=1)
     benchmark.extra_info.update({"metrics": report["metrics"], "item_bytes": report.get("item_bytes"),
                                  "user_bytes": report.get("user_bytes"), "best_epoch": report["best_epoch"]})
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("dataset", ["beauty", "movielens"])
-def test_uist_codebook_token_embeddings(benchmark, ray_local, dataset, model, seed):
-    """UIST with --model.token_embeddings codebook (each token row + a learned map of its quantizer code vector)
-    beside test_table2's uist rows (token rows alone, the paper)."""
-    report = benchmark.pedantic(run_ctr, args=(dataset, model, "uist", seed, ("--model.token_embeddings", "codebook"),
-                                               "-cb"), rounds=1, iterations=1)
-    benchmark.extra_info.update({"metrics": report["metrics"], "user_bytes": report.get("user_bytes")})
 
 
 @pytest.mark.parametrize("seed", SEEDS)

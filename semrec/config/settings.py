@@ -344,11 +344,6 @@ class CTRModelSettings(Section):
     aggregation: Literal["hmi", "layer", "add"] = Field("hmi", description="paradigm uist: every (user level i, "
                                                                          "item level j) prefix pair (hmi), same-level "
                                                                          "pairs (layer) or the full sums (add)")
-    token_embeddings: Literal["random", "codebook"] = Field(
-        "random", description="paradigm uist: each token's embedding is a learned row (random, the paper) or a "
-                              "learned row plus a learned linear map of the token's code vector from its "
-                              "tokenizer's quantizer (codebook: prefix sums then start from the quantizer's "
-                              "partial reconstructions)")
     encoder_layers: int = Field(1, ge=1, description="paradigms with a user encoder: transformer layers")
     encoder_heads: int = Field(1, ge=1, description="paradigms with a user encoder: attention heads (divide "
                                                     "embedding_dim)")

@@ -69,14 +69,6 @@ def paradigm_spec(s: TrainCTRSettings, meta: dict) -> dict:
             raise InputError(f"{table}: the user tokens were built over item quantizer "
                              f"{manifest['item_quantizer_id']}, --item_tokens comes from quantizer {item_q}: "
                              f"tokenize the users with these item tokens")
-    if m.token_embeddings == "codebook":
-        from semrec.quant.base import load_codebooks
-
-        if USER_SIDE[p] != "tokens":
-            raise InputError(f"--model.token_embeddings codebook applies to paradigm uist, not {p}")
-        for side, folder in (("user", s.user_tokens), ("item", s.item_tokens)):
-            books = load_codebooks(Path(folder) / "quantizer")
-            spec[f"{side}_books"] = [int(books[0].shape[1]), min(len(books), len(spec[f"{side}_sizes"]))]
     if USER_SIDE[p] == "cached":
         spec["z_dim"] = _dim(Path(s.user_tokens) / "user_embeddings", "user_embeddings")
     return spec

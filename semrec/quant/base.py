@@ -151,15 +151,3 @@ class ResidualQuantizer(Quantizer):
     @property
     def distance_names(self) -> list[str]:
         return [d.name for d in self.distances]
-
-    @abstractmethod
-    def codebooks_np(self) -> list[np.ndarray]:
-        """Per level the (codebook size, latent dim) code vectors, in the space the residuals are taken in."""
-
-
-def load_codebooks(directory: str | Path) -> list[np.ndarray]:
-    """The per-level code vectors of a saved residual quantizer (a token table's ``quantizer/``)."""
-    q = Quantizer.load(directory)
-    if not isinstance(q, ResidualQuantizer):
-        raise InputError(f"{directory}: a {q.kind} quantizer has no per-level codebooks")
-    return q.codebooks_np()

@@ -42,10 +42,6 @@ class ResidualKMeans(ResidualQuantizer):
         self._check_fitted()
         return assign_fast(as_float32(x), self.codebooks, self.distances)
 
-    def codebooks_np(self) -> list[np.ndarray]:
-        self._check_fitted()
-        return list(self.codebooks)
-
     def decode(self, codes: np.ndarray) -> np.ndarray:
         self._check_fitted()
         return reconstruct(np.asarray(codes, dtype=np.int64), self.codebooks)

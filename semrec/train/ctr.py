@@ -76,13 +76,6 @@ class ParadigmInputs:
         if USER_SIDE[p] == "tokens":
             codes, _, _ = load_user_codes(Path(config["user_tokens"]) / "user_token_table", users)
             self.assets["user_codes"] = torch.from_numpy(codes)
-        for side, folder in (("user", config["user_tokens"]), ("item", config["item_tokens"])):
-            if spec.get(f"{side}_books"):
-                from semrec.quant.base import load_codebooks
-
-                levels = spec[f"{side}_books"][1]
-                books = load_codebooks(Path(folder) / "quantizer")[:levels]
-                self.assets[f"{side}_books"] = [torch.from_numpy(b) for b in books]
         if USER_SIDE[p] == "cached":
             self.assets["z"] = torch.from_numpy(load_user_vectors(Path(config["user_tokens"]) / "user_embeddings", users))
         if p == "sim-hard" or spec.get("long", {}).get("categories"):

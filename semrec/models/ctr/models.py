@@ -89,38 +89,16 @@ class FinalMLP(nn.Module):
 MODELS = {"lr": LR, "dcn": DCN, "deepfm": DeepFM, "finalmlp": FinalMLP}
 
 
-class CodebookProjection(nn.Module):
-    """Per level, a token's code vector from its quantizer's codebook (frozen buffers), through one learned
-    linear map shared by the levels: ``forward(codes)`` (B, K', d) for the first K' = len(books) levels. Summed
-    over a prefix of levels it is the map of the quantizer's partial reconstruction of the latent, so coarse
-    prefixes of similar users (items) start out close instead of as unrelated random rows."""
-
-    def __init__(self, books: list[torch.Tensor], dim: int):
-        super().__init__()
-        self.levels = len(books)
-        for k, b in enumerate(books):
-            self.register_buffer(f"book{k}", b.float())
-        self.proj = nn.Linear(books[0].shape[1], dim, bias=False)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.stack([getattr(self, f"book{k}")[codes[:, k]] for k in range(self.levels)], dim=1))
-
-
 class HMI(nn.Module):
     """Hierarchical mixture inference (UIST §2.2) over user tokens (B, K_u) and item tokens (B, K_t).
 
     Token embeddings are summed coarse-to-fine (prefix sums, eq. 7); ``base`` (a DCN / DeepFM / FinalMLP
     built with ``n_features=0, n_fields=2``) scores user-item pairs of those prefix embeddings through its
     ``score`` and a linear layer mixes the pair scores (eq. 8). ``aggregation``: ``hmi`` every (i, j) pair;
-    ``layer`` only same-level pairs (i, i); ``add`` one pair of the full sums (UIST Table 3).
-
-    ``user_books`` / ``item_books`` (per level (C, D) code vectors of the tokenizer's quantizer): each token's
-    embedding is its learned row plus a ``CodebookProjection`` of its code vector (token_embeddings =
-    "codebook"); without them the rows alone, as in the paper ("random")."""
+    ``layer`` only same-level pairs (i, i); ``add`` one pair of the full sums (UIST Table 3)."""
 
     def __init__(self, base: nn.Module, user_sizes: list[int], item_sizes: list[int], dim: int,
-                 aggregation: str = "hmi", user_books: list[torch.Tensor] | None = None,
-                 item_books: list[torch.Tensor] | None = None):
+                 aggregation: str = "hmi"):
         super().__init__()
         if not hasattr(base, "score"):
             raise ValueError(f"{type(base).__name__} has no score(field embeddings): HMI needs dcn, deepfm or finalmlp")
@@ -133,27 +111,18 @@ class HMI(nn.Module):
         self.item = nn.ModuleList(nn.Embedding(c, dim) for c in item_sizes)
         for table in [*self.user, *self.item]:
             nn.init.normal_(table.weight, std=1e-4)
-        for name, books, sizes in (("user", user_books, user_sizes), ("item", item_books, item_sizes)):
-            if books is not None and (len(books) > len(sizes) or any(len(b) != c for b, c in zip(books, sizes))):
-                raise ValueError(f"{name} codebooks {[len(b) for b in books]} do not match codebook sizes {sizes}")
-        self.user_books = CodebookProjection(user_books, dim) if user_books else None
-        self.item_books = CodebookProjection(item_books, dim) if item_books else None
         ku, kt = len(user_sizes), len(item_sizes)
         self.pairs = {"hmi": [(i, j) for i in range(ku) for j in range(kt)],
                       "layer": [(i, i) for i in range(ku)], "add": [(ku - 1, kt - 1)]}[aggregation]
         self.mix = nn.Linear(len(self.pairs), 1)
 
     @staticmethod
-    def prefix(tables: nn.ModuleList, codes: torch.Tensor, books: CodebookProjection | None = None) -> torch.Tensor:
+    def prefix(tables: nn.ModuleList, codes: torch.Tensor) -> torch.Tensor:
         """(B, K, d): row i is the sum of the first i + 1 levels' token embeddings."""
-        e = torch.stack([t(codes[:, k]) for k, t in enumerate(tables)], dim=1)
-        if books is not None:
-            e = torch.cat([e[:, :books.levels] + books(codes), e[:, books.levels:]], dim=1)
-        return e.cumsum(dim=1)
+        return torch.stack([t(codes[:, k]) for k, t in enumerate(tables)], dim=1).cumsum(dim=1)
 
     def pair_scores(self, user_codes: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
-        eu = self.prefix(self.user, user_codes, self.user_books)
-        et = self.prefix(self.item, item_codes, self.item_books)
+        eu, et = self.prefix(self.user, user_codes), self.prefix(self.item, item_codes)
         i, j = (torch.tensor(x, device=eu.device) for x in zip(*self.pairs))
         pairs = torch.stack([eu[:, i], et[:, j]], dim=2)  # (B, P, 2, d)
         b, p = pairs.shape[:2]

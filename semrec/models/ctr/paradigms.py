@@ -175,9 +175,7 @@ class ParadigmCTR(nn.Module):
             return out
 
         if self.hmi is not None:
-            hmi = self.hmi
-            return {"item_bytes": size(self.item_codes, hmi.item, *[m for m in (hmi.item_books,) if m is not None]),
-                    "user_bytes": size(self.user_codes, hmi.user, *[m for m in (hmi.user_books,) if m is not None])}
+            return {"item_bytes": size(self.item_codes, self.hmi.item), "user_bytes": size(self.user_codes, self.hmi.user)}
         item = size(self.item)
         user = size(self.user) - (item if self.needs_history else 0)  # the encoder reads the shared item side
         return {"item_bytes": item, "user_bytes": user}
@@ -186,11 +184,9 @@ class ParadigmCTR(nn.Module):
 def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
     """``spec``: paradigm, base (a build_ctr spec without ids: model + kwargs), n_items, n_users, dim,
     item_sizes / user_sizes (token paradigms), text_dim (text items), z_dim (cached users), encoder
-    (hidden, layers, heads, max_len, dropout), aggregation (uist), user_books / item_books (uist with token
-    embeddings from the codebooks: [latent dim, levels]), long (din / sim-hard / dmqn: codebooks,
+    (hidden, layers, heads, max_len, dropout), aggregation (uist), long (din / sim-hard / dmqn: codebooks,
     codewords, hstu_layers, heads, dropout, tau0, tau_min, anneal_steps, top_k, din_hidden). ``assets``:
     item_codes (n_items + 1, K), text (n_items + 1, D), user_codes (n_users, K_u), z (n_users, D_z),
-    user_books / item_books (per level (C, D) code vectors of the tokenizers' quantizers),
     item_categories (n_items + 1,) for sim-hard and long.categories > 0 (category embeddings); zeros of the
     spec's shapes when
     omitted (``from_pretrained`` then loads the saved ones)."""
@@ -203,14 +199,7 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
     side, kind = ITEM_SIDE[p], USER_SIDE[p]
     if kind == "tokens":
         ni, nu = len(spec["item_sizes"]), len(spec["user_sizes"])
-        books = {}
-        for side_name in ("user", "item"):
-            shape = spec.get(f"{side_name}_books")  # [latent dim, levels] with token_embeddings = "codebook"
-            if shape:
-                sizes = spec[f"{side_name}_sizes"][:shape[1]]
-                books[side_name] = a.get(f"{side_name}_books") or [torch.zeros(c, shape[0]) for c in sizes]
-        hmi = HMI(base, spec["user_sizes"], spec["item_sizes"], d, spec.get("aggregation", "hmi"),
-                  books.get("user"), books.get("item"))
+        hmi = HMI(base, spec["user_sizes"], spec["item_sizes"], d, spec.get("aggregation", "hmi"))
         model = ParadigmCTR(p, base, None, None, hmi,
                             compact_codes(a.get("item_codes", torch.zeros(n + 1, ni, dtype=torch.long)), spec["item_sizes"]),
                             compact_codes(a.get("user_codes", torch.zeros(u, nu, dtype=torch.long)), spec["user_sizes"]))
