@@ -83,6 +83,25 @@ def test_mcqm_gumbel_while_training_argmax_at_inference_and_annealing():
     assert all(a >= b for a, b in zip(taus, taus[1:]))
 
 
+def test_cluster_sizes_start_as_average_pooling_and_add_a_map_of_the_log_size():
+    torch.manual_seed(0)
+    e, valid = torch.randn(3, 30, D), torch.ones(3, 30, dtype=torch.bool)
+    valid[0, :10] = False
+    plain = MultiCodebookQuantizer(D, codebooks=2, codewords=6).eval()
+    sized = MultiCodebookQuantizer(D, codebooks=2, codewords=6, cluster_sizes=True).eval()
+    sized.load_state_dict(plain.state_dict(), strict=False)
+    (c0, m0), (c1, m1) = plain(e, valid), sized(e, valid)
+    assert torch.equal(c0, c1) and torch.equal(m0, m1)  # zero-initialised: the paper's pooling
+    torch.nn.init.normal_(sized.size.weight)
+    c2, m2 = sized(e, valid)
+    idx = plain.scores(e).argmax(-1)  # (B, N, L)
+    counts = torch.stack([torch.stack([torch.bincount(idx[b, n][valid[b]], minlength=6) for n in range(2)])
+                          for b in range(3)]).flatten(1).float()
+    expect = c0 + torch.log1p(counts)[..., None] * sized.size.weight[:, 0] * m0[..., None]
+    torch.testing.assert_close(c2, expect)
+    assert torch.equal(m2, m0) and (c2[~m2] == 0).all()  # empty clusters stay zero
+
+
 def test_training_assignments_converge_to_the_inference_argmax_as_the_temperature_falls():
     """The temperature divides the scores, so the hard Gumbel sample argmax(s + tau g) tends to inference's
     argmax(s); with F.gumbel_softmax(s, tau) alone the hard sample ignores tau and never converges."""

@@ -57,8 +57,8 @@ class EmbedItems:
 
 
 class EmbedItemPieces(EmbedItems):
-    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) -> (item_id, embedding): the read fused into the embedding actor.
-    Item text never crosses the object store and no list/read tasks compete with the model for CPU; the actor
+    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) -> (item_id, embedding): the read fused into
+    the embedding actor. Item text never crosses the object store and no list/read tasks compete with the model for CPU; the actor
     reads one row group at a time (only ``columns``) and encodes ``rows_per_call`` rows per call, so memory stays
     bounded by a row group whatever the catalogue size."""
 
