@@ -8,13 +8,12 @@ table benchmarks/results/seqrec.md (the README reproduces it). Select experiment
 `SEMREC_BENCH_THREADS=1 pytest "benchmarks/bench_seqrec.py::test_experiment[beauty-id]" & ...`.
 """
 
-import fcntl
 import json
 import os
 from pathlib import Path
 
 import pytest
-from benchlib import RESULTS, write_result
+from benchlib import locked_runs, write_result
 from helpers import shared
 
 from semrec.data.adapters import s3rec_sequences
@@ -95,12 +94,7 @@ def test_experiment(benchmark, ray_local, name, dataset, mode, extra, tok):
     report = json.loads((WORK / "runs" / name / "metrics.json").read_text())
     report["experiment"] = name
     benchmark.extra_info.update({k: report[k] for k in ("metrics", "token_size", "wall_s", "best_epoch")})
-    store = RESULTS / "seqrec.json"
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / ".seqrec.lock", "w") as lock:  # experiments may run in parallel processes
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        all_reports = json.loads(store.read_text()) if store.exists() else {}
+    with locked_runs("seqrec", sort_keys=False) as all_reports:  # experiments may run in parallel processes
         all_reports[name] = report
-        store.write_text(json.dumps(all_reports, indent=2) + "\n")
         rows = [dict(r, mode=r["experiment"]) for r in all_reports.values()]
         write_result("seqrec", results_table(rows))

@@ -16,7 +16,6 @@ hours per run here). Each run uses one torch thread, so two selections run side 
 Results accumulate in benchmarks/results/uist.json; the tables are benchmarks/results/uist_*.md.
 """
 
-import fcntl
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchlib import RESULTS, write_result
+from benchlib import locked_runs, write_result
 from helpers import shared
 
 from semrec.pipelines.train_ctr import main as train_ctr
@@ -128,13 +127,8 @@ def run_ctr(dataset: str, model: str, paradigm: str, seed: int, extra: tuple[str
 
 
 def _store(name: str, report: dict) -> dict:
-    RESULTS.mkdir(exist_ok=True)
-    store = RESULTS / "uist.json"
-    with open(RESULTS / ".uist.lock", "w") as lock:  # selections run in parallel processes
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = json.loads(store.read_text()) if store.exists() else {}
+    with locked_runs("uist") as runs:  # selections run in parallel processes
         runs[name] = report
-        store.write_text(json.dumps(runs, indent=2, sort_keys=True) + "\n")
         _tables(runs)
     return runs
 

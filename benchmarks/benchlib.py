@@ -1,5 +1,8 @@
-"""Helpers of the benchmark suites: peak-RSS sampling and result tables."""
+"""Helpers of the benchmark suites: peak-RSS sampling, result stores and tables."""
 
+import contextlib
+import fcntl
+import json
 import threading
 import time
 from pathlib import Path
@@ -49,6 +52,19 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+@contextlib.contextmanager
+def locked_runs(name: str, sort_keys: bool = True):
+    """The runs stored in results/{name}.json, as a dict to update: read, and written back on exit, under an
+    exclusive lock (experiments of one suite may run in parallel processes)."""
+    RESULTS.mkdir(exist_ok=True)
+    store = RESULTS / f"{name}.json"
+    with open(RESULTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(store.read_text()) if store.exists() else {}
+        yield runs
+        store.write_text(json.dumps(runs, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_result(name: str, markdown: str) -> None:
