@@ -355,7 +355,9 @@ class CTRModelSettings(Section):
     hstu_heads: int = Field(1, ge=1, description="dmqn: HSTU heads (divide embedding_dim)")
     tau0: float = Field(1.0, gt=0, description="dmqn: initial Gumbel-softmax temperature")
     tau_min: float = Field(0.1, gt=0, description="dmqn: final Gumbel-softmax temperature")
-    anneal_steps: int = Field(2000, ge=1, description="dmqn: tau = max(tau_min, tau0 * exp(-step / anneal_steps))")
+    anneal_steps: int = Field(400, ge=1, description="dmqn: tau = max(tau_min, tau0 * exp(-step / anneal_steps)), "
+                                                    "step = training batches; tau_min is reached after "
+                                                    "anneal_steps * ln(tau0 / tau_min) steps (~920 by default)")
     cluster_sizes: bool = Field(False, description="dmqn: add a learned map (zero at the start) of log(1 + "
                                                    "behaviours in the cluster) to each interest cluster; the "
                                                    "paper's average pooling alone (false) keeps what an interest "
