@@ -124,6 +124,16 @@ def test_synthetic_acceptance():
 
 
 # ----------------------------------------------------------------------------- latency
+def untrained_spec(paradigm: str, n_items: int, max_len: int) -> dict:
+    """The build_paradigm spec of the latency, cache and HTTP benchmarks: DCN head, d = 16, 4 x 32 codewords,
+    1 HSTU layer (their weights stay untrained: throughput and latency do not depend on them)."""
+    return {"paradigm": paradigm, "n_items": n_items, "n_users": 1, "dim": 16,
+            "base": {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True},
+            "long": {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
+                     "tau_min": 0.1, "anneal_steps": 400, "top_k": 50, "din_hidden": [64, 32]},
+            "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
+
+
 def _median_ms(fn, n: int) -> tuple[float, float]:
     times = []
     for _ in range(n):
@@ -143,18 +153,11 @@ def test_latency_vs_length(benchmark):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     n_items = 100_000
-    long = {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
-            "tau_min": 0.1, "anneal_steps": 400, "top_k": 50, "din_hidden": [64, 32]}
-    base = {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True}
-
-    def spec(p, max_len):
-        return {"paradigm": p, "base": base, "n_items": n_items, "n_users": 1, "dim": 16, "long": long,
-                "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
 
     def measure():
         out = {}
         for length in (100, 1_000, 10_000):
-            dmqn, din = build_paradigm(spec("dmqn", length)).eval(), build_paradigm(spec("din", length)).eval()
+            dmqn, din = (build_paradigm(untrained_spec(p, n_items, length)).eval() for p in ("dmqn", "din"))
             hist = torch.randint(1, n_items + 1, (1, length))
             with torch.inference_mode():
                 clusters, valid = dmqn.user_state(hist)
@@ -197,12 +200,7 @@ def _untrained_dmqn(out: Path, n_items: int, max_len: int) -> Path:
 
     if not (out / "config.json").exists():
         torch.manual_seed(0)
-        spec = {"paradigm": "dmqn", "n_items": n_items, "n_users": 1, "dim": 16,
-                "base": {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True},
-                "long": {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
-                         "tau_min": 0.1, "anneal_steps": 400, "top_k": 50, "din_hidden": [64, 32]},
-                "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
-        save_pretrained(build_paradigm(spec).eval(), out)
+        save_pretrained(build_paradigm(untrained_spec("dmqn", n_items, max_len)).eval(), out)
     return out
 
 
