@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +15,10 @@ from typing import Any, Callable
 from semrec.errors import ConfigError
 
 log = logging.getLogger("semrec.train")
+# how often the Ray Train controller polls its workers (Ray's default 2 s): it also sets how long a finished
+# run waits before its worker group shuts down. Measured on 2 cores, a 3-epoch run's fit() returned 6.8 s after
+# the last report at 2 s and 1.2 s at 0.25 s; the poll is one cheap RPC per worker. A user's value wins.
+HEALTH_CHECK_INTERVAL_S = "0.25"
 
 
 def worker_config(settings, path_keys: tuple[str, ...]) -> dict:
@@ -62,6 +67,7 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
 
     from semrec.train.engine import driver_progress
 
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)  # read by the controller
     storage = Path(run_dir).absolute()
     # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
     # previous run with this name finished, or when asked to
