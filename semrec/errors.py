@@ -40,3 +40,30 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         yield e
         stack.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
         stack.extend((getattr(e, "worker_failures", None) or {}).values())
+
+
+def find_semrec_error(exc: BaseException) -> SemrecError | None:
+    """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, Ray Train's per-rank
+    worker failures, chained causes)."""
+    return next((e for e in exception_chain(exc) if isinstance(e, SemrecError)), None)
+
+
+def user_message(err: SemrecError) -> str:
+    # Ray's dynamic RayTaskError(InputError) subclasses keep the original args
+    return str(err.args[0]) if err.args else str(err)
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def error_from_report(kind: str, message: str, exit_code: int) -> SemrecError:
+    """Rebuild on the driver an error that a training worker reported (by class name and message): the
+    SemrecError subclass of that name if it is imported here, else a SemrecError with the same exit code."""
+    cls = next((c for c in _subclasses(SemrecError) if c.__name__ == kind and "RayTaskError" not in c.__name__),
+               SemrecError)
+    err = cls(message)
+    err.exit_code = exit_code
+    return err

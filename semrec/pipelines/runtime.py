@@ -10,7 +10,7 @@ from typing import Callable
 from semrec.config import load_settings, path_values
 from semrec.config.settings import JobSettings, RaySettings
 from semrec.data.io import TRANSIENT_IO_ERRORS
-from semrec.errors import ConfigError, SemrecError, exception_chain
+from semrec.errors import ConfigError, find_semrec_error, user_message
 
 log = logging.getLogger("semrec")
 # an overloaded machine (seen with 4 local Rays on 2 cores) can miss the raylet's 30 s start-up deadline
@@ -98,12 +98,6 @@ def resolve_actor_pool(rs: RaySettings) -> RaySettings:
     return rs.model_copy(update={"actors": actors, "cpus_per_actor": per_actor, "threads": threads})
 
 
-def find_semrec_error(exc: BaseException) -> SemrecError | None:
-    """The SemrecError inside Ray's wrappers (RayTaskError, UserCodeException, Ray Train's per-rank
-    worker failures, chained causes)."""
-    return next((e for e in exception_chain(exc) if isinstance(e, SemrecError)), None)
-
-
 def in_ray_job() -> bool:
     """Whether this process is the driver of a `ray job submit` job (Ray's job supervisor sets this variable)."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
@@ -139,10 +133,6 @@ def job_main(settings_cls: type[JobSettings], run: Callable[[JobSettings], objec
         err = find_semrec_error(e)
         if err is None:
             raise
-        print(f"{prog}: error: {_user_message(err)}\nnothing was published", file=sys.stderr)
+        print(f"{prog}: error: {user_message(err)}\nnothing was published", file=sys.stderr)
         return err.exit_code
 
-
-def _user_message(err: SemrecError) -> str:
-    # Ray's dynamic RayTaskError(InputError) subclasses keep the original args
-    return str(err.args[0]) if err.args else str(err)

@@ -17,7 +17,13 @@ and sharded evaluation as metric sums; the engine owns everything else:
   patience counter, training clock), automatic resume from the latest one, early stopping, and a
   run whose epoch cap is already reached evaluating its best checkpoint instead of training;
 - one log line per epoch (loss, validation metric, seconds, examples/s per worker of the training
-  pass), and a progress bar on the driver (``driver_progress``).
+  pass), and a progress bar on the driver (``driver_progress``);
+- deterministic errors stop the run at once: a ``SemrecError`` (bad input met while streaming a shard, a
+  model whose scores are NaN) raised on any rank while building the model, fetching a batch or
+  evaluating is agreed on by every rank at that step's collective, reported as the run's final result
+  (``failed``) and re-raised on the driver by ``launch``. Raised from the workers, Ray Train would retry
+  it ``--train.max_failures`` times (its failure policy cannot tell it from a lost node) and fail the
+  same way each time; any other error is still raised, and retried.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from typing import Any, Iterable, Iterator, Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from semrec.errors import SemrecError, find_semrec_error, user_message
 
 log = logging.getLogger("semrec.train")
 STATE_FILE = "state.pt"
@@ -142,14 +150,61 @@ def reduce_metrics(coll: Collective, sums: dict[str, Any], finalize=None) -> dic
     return {k: v / max(count, 1.0) for k, v in reduced.items()}
 
 
+class _Agreed(Exception):
+    """Every rank agreed that a deterministic error happened: ``args[0]`` = (class name, message, exit code)."""
+
+
+def _semrec_error(exc: Exception) -> SemrecError:
+    """``exc``'s SemrecError (also inside Ray's wrappers, e.g. a streamed read's RayTaskError), or ``exc``
+    re-raised: only deterministic errors are agreed on."""
+    err = find_semrec_error(exc)
+    if err is None:
+        raise exc
+    return err
+
+
+def agree(coll: Collective, err: SemrecError | None) -> None:
+    """Called by every rank at the same point: raises ``_Agreed`` on all of them if any had ``err``."""
+    if coll.sum([float(err is not None)])[0]:
+        _raise_agreed(coll, err)
+
+
+def _raise_agreed(coll: Collective, err: SemrecError | None):
+    mine = None if err is None else (type(err).__name__, user_message(err), err.exit_code)
+    raise _Agreed(next(e for e in coll.gather(mine) if e is not None))
+
+
 def fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None = None) -> None:
-    """Train ``family`` with the settings ``train`` (TrainSettings as a dict) inside a Ray Train worker."""
+    """Train ``family`` with the settings ``train`` (TrainSettings as a dict) inside a Ray Train worker; a
+    deterministic error agreed on by every rank is reported as the final result (``failed``), not raised."""
+    import ray.train
+
+    try:
+        _fit(family, train, rank, world, device)
+    except _Agreed as agreed:
+        kind, message, exit_code = agreed.args[0]
+        if rank == 0:
+            log.error("stopping the run (not retried: the same input fails the same way): %s", message)
+        failure = {"failed": kind, "error": message, "exit_code": exit_code, "done": True}
+        with tempfile.TemporaryDirectory() as d:  # Ray Train's result carries the metrics of checkpointed reports
+            checkpoint = None
+            if rank == 0:
+                (Path(d) / META_FILE).write_text(json.dumps(failure))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(failure, checkpoint=checkpoint)
+
+
+def _fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None) -> None:
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(train["threads"])
     torch.manual_seed(train["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = family.build()
+    try:
+        model, err = family.build(), None
+    except Exception as e:  # noqa: BLE001 -- a SemrecError is agreed on; anything else is re-raised
+        model, err = None, _semrec_error(e)
+    agree(Collective(world, device or ray.train.torch.get_device()), err)
     if world > 1:
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     else:
@@ -198,9 +253,14 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
         it = iter(family.batches(epoch, rank, world))
         cap = train.get("max_steps_per_epoch")
         while True:
-            batch = next(it, None) if not (cap and steps >= cap) else None
+            try:
+                batch, err = (next(it, None) if not (cap and steps >= cap) else None), None
+            except Exception as e:  # noqa: BLE001 -- e.g. bad input met in a streamed shard
+                batch, err = None, _semrec_error(e)
             count = family.size(batch) if batch is not None else 0
-            have, global_count = coll.sum([float(batch is not None), float(count)])
+            have, global_count, failed = coll.sum([float(batch is not None), float(count), float(err is not None)])
+            if failed:  # one collective with the step's counts: no rank is left waiting in another
+                _raise_agreed(coll, err)
             if not have:  # every rank's shard is done: the same step count everywhere
                 break
             loss_sum = family.loss(model, batch if batch is not None else family.empty_batch())
@@ -264,8 +324,14 @@ def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int,
 
 def evaluate(family: Family, model: nn.Module, split: str, rank: int, world: int, final: bool,
              coll: Collective) -> dict[str, float]:
-    """The family's metrics on ``split``: its sharded sums, reduced over every rank."""
-    return reduce_metrics(coll, family.evaluate(model, split, rank, world, final), getattr(family, "finalize", None))
+    """The family's metrics on ``split``: its sharded sums, reduced over every rank (a SemrecError on any
+    rank, e.g. NaN scores, is agreed on first)."""
+    try:
+        sums, err = family.evaluate(model, split, rank, world, final), None
+    except Exception as e:  # noqa: BLE001
+        sums, err = None, _semrec_error(e)
+    agree(coll, err)
+    return reduce_metrics(coll, sums, getattr(family, "finalize", None))
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from semrec.errors import ConfigError
+from semrec.errors import ConfigError, error_from_report
 
 log = logging.getLogger("semrec.train")
 # how often the Ray Train controller polls its workers (Ray's default 2 s): it also sets how long a finished
@@ -41,9 +41,10 @@ def default_run_name(prefix: str, payload: dict) -> str:
 
 
 def run_state(run_dir: Path) -> dict | None:
-    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None."""
+    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None; a run that stopped
+    on a deterministic error (``failed``, done) first: it is never resumed."""
     metas = [json.loads(p.read_text()) for p in Path(run_dir).glob("**/checkpoint.json")]
-    return max(metas, key=lambda m: m.get("epoch", -1)) if metas else None
+    return max(metas, key=lambda m: (bool(m.get("failed")), m.get("epoch", -1))) if metas else None
 
 
 def check_cpus(train, reserve: float = 0.0, why: str = "") -> None:
@@ -73,7 +74,8 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
     # previous run with this name finished, or when asked to
     state = run_state(storage / name)
     if state is not None and (not resume or state.get("done")):
-        log.info("starting %s from scratch (previous run %s)", name, "finished" if state.get("done") else "discarded")
+        log.info("starting %s from scratch (previous run %s)", name, "stopped on an error" if state.get("failed") else
+                 "finished" if state.get("done") else "discarded")
         shutil.rmtree(storage / name)
     elif state is not None:
         log.info("resuming %s after epoch %d", name, state["epoch"])
@@ -85,6 +87,9 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
                              failure_config=FailureConfig(max_failures=train.max_failures)))
     with driver_progress(storage / name, train.epochs, metric):
         result = trainer.fit()
+    failed = (result.metrics or {}).get("failed")
+    if failed:  # a deterministic error every rank agreed on (semrec.train.engine): not retried
+        raise error_from_report(failed, result.metrics["error"], int(result.metrics["exit_code"]))
     if not (result.metrics or {}).get("done"):
         raise RuntimeError(f"training ended without final metrics: {result.metrics}")
     return result
