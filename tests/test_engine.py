@@ -30,6 +30,10 @@ def _toy_loop(config: dict) -> None:
     class Toy:
         metric = "score"
 
+        def __init__(self):  # a family loads its data here
+            if config["fail"] == "family" and ray.train.get_context().get_world_rank() == 1:
+                raise InputError("items.parquet: item_id 900 is outside the catalogue 1..800")
+
         def build(self):
             with open(config["attempts"], "a") as f:  # one line per rank per worker-group start
                 f.write(f"{ray.train.get_context().get_world_rank()}\n")
@@ -56,10 +60,11 @@ def _toy_loop(config: dict) -> None:
             return {"score": 1.0, "count": 1}
 
     ctx = ray.train.get_context()
-    fit(Toy(), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(Toy, config["train"], ctx.get_world_rank(), ctx.get_world_size())
 
 
 @pytest.mark.parametrize("fail, error, message", [
+    ("family", InputError, "items.parquet: item_id 900 is outside the catalogue 1..800"),
     ("batch", InputError, "shard 1, row 7: item id 99 outside the catalogue"),
     ("evaluate", NonFiniteScores, "test scores: non-finite (NaN/inf) for row 3"),
     (None, None, None)])
@@ -74,5 +79,5 @@ def test_a_deterministic_error_on_one_rank_stops_the_run_once(ray_local, tmp_pat
             run()
         assert str(caught.value) == message
         assert run_state(tmp_path / "runs" / "toy")["failed"] == error.__name__  # a rerun starts afresh
-    # one worker group, started once: not retried
-    assert sorted((tmp_path / "attempts").read_text().split()) == ["0", "1"]
+    # one worker group, started once: not retried (a family that failed to load builds no model)
+    assert sorted((tmp_path / "attempts").read_text().split()) == (["0"] if fail == "family" else ["0", "1"])

@@ -311,7 +311,7 @@ def test_category_features_embed_items_as_id_plus_category(long_clicks, tmp_path
     assert main([str(a) for a in args]) != 0  # the flag belongs to the long-sequence paradigms
 
 
-def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
+def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path, capsys):
     import pyarrow as pa
 
     from semrec.data.io import write_table
@@ -325,6 +325,7 @@ def test_sim_hard_refuses_items_outside_the_catalogue(long_clicks, tmp_path):
             long_clicks / "histories", "--paradigm", "sim-hard", "--items", items, "--output", tmp_path / "out",
             "--run_dir", tmp_path / "runs", *LONG]
     assert main([str(a) for a in args]) != 0
+    assert f"{items}: item_id 900 is outside the click samples' catalogue" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -12,6 +12,7 @@ impressions of 1 / log2(1 + rank of the click among its candidates) (pessimistic
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -215,4 +216,4 @@ def train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(CTRFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(CTRFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())

@@ -18,9 +18,9 @@ and sharded evaluation as metric sums; the engine owns everything else:
   run whose epoch cap is already reached evaluating its best checkpoint instead of training;
 - one log line per epoch (loss, validation metric, seconds, examples/s per worker of the training
   pass), and a progress bar on the driver (``driver_progress``);
-- deterministic errors stop the run at once: a ``SemrecError`` (bad input met while streaming a shard, a
-  model whose scores are NaN) raised on any rank while building the model, fetching a batch or
-  evaluating is agreed on by every rank at that step's collective, reported as the run's final result
+- deterministic errors stop the run at once: a ``SemrecError`` (bad input met while loading a family's
+  data or streaming a shard, a model whose scores are NaN) raised on any rank while making the family,
+  building the model, fetching a batch or evaluating is agreed on by every rank at that step's collective, reported as the run's final result
   (``failed``) and re-raised on the driver by ``launch``. Raised from the workers, Ray Train would retry
   it ``--train.max_failures`` times (its failure policy cannot tell it from a lost node) and fail the
   same way each time; any other error is still raised, and retried.
@@ -37,7 +37,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -174,13 +174,16 @@ def _raise_agreed(coll: Collective, err: SemrecError | None):
     raise _Agreed(next(e for e in coll.gather(mine) if e is not None))
 
 
-def fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None = None) -> None:
-    """Train ``family`` with the settings ``train`` (TrainSettings as a dict) inside a Ray Train worker; a
-    deterministic error agreed on by every rank is reported as the final result (``failed``), not raised."""
+def fit(make_family: Callable[[], Family], train: dict, rank: int, world: int,
+        device: torch.device | None = None) -> None:
+    """Train the family ``make_family()`` (e.g. ``partial(SeqRecFamily, config)``: made here, so that bad input
+    met while it loads its data is agreed on too) with the settings ``train`` (TrainSettings as a dict) inside
+    a Ray Train worker; a deterministic error agreed on by every rank is reported as the final result
+    (``failed``), not raised."""
     import ray.train
 
     try:
-        _fit(family, train, rank, world, device)
+        _fit(make_family, train, rank, world, device)
     except _Agreed as agreed:
         kind, message, exit_code = agreed.args[0]
         if rank == 0:
@@ -194,13 +197,14 @@ def fit(family: Family, train: dict, rank: int, world: int, device: torch.device
             ray.train.report(failure, checkpoint=checkpoint)
 
 
-def _fit(family: Family, train: dict, rank: int, world: int, device: torch.device | None) -> None:
+def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, device: torch.device | None) -> None:
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(train["threads"])
-    torch.manual_seed(train["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     try:
+        family = make_family()
+        torch.manual_seed(train["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         model, err = family.build(), None
     except Exception as e:  # noqa: BLE001 -- a SemrecError is agreed on; anything else is re-raised
         model, err = None, _semrec_error(e)

@@ -11,6 +11,7 @@ beam is a miss). The user's history is not excluded (TIGER's protocol).
 
 from __future__ import annotations
 
+from functools import partial
 import numpy as np
 import torch
 
@@ -132,4 +133,4 @@ def train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(GenerativeFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(GenerativeFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())

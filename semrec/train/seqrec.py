@@ -18,6 +18,7 @@ the same code (``semrec.data.seqbatch``):
 
 from __future__ import annotations
 
+from functools import partial
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,4 +226,4 @@ def train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(SeqRecFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(SeqRecFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())

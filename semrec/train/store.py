@@ -18,6 +18,7 @@ yes/no scoring of the target among ``score_negatives`` random items (AUC, MRR, n
 
 from __future__ import annotations
 
+from functools import partial
 import numpy as np
 import torch
 from torch import nn
@@ -367,7 +368,7 @@ def dense_train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(DenseTokenizerFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(DenseTokenizerFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
 
 
 def rec_train_loop(config: dict) -> None:
@@ -376,4 +377,4 @@ def rec_train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(StoreRecFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(StoreRecFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())

@@ -12,6 +12,7 @@ Example of a user: the last ``max_len`` items, left-padded; targets are each pos
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -116,4 +117,4 @@ def train_loop(config: dict) -> None:
     from semrec.train.engine import fit
 
     ctx = ray.train.get_context()
-    fit(UserAEFamily(config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
+    fit(partial(UserAEFamily, config), config["train"], ctx.get_world_rank(), ctx.get_world_size())
