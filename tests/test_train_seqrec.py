@@ -269,30 +269,41 @@ def test_beauty_slice_end_to_end(ray_local, tmp_path):
 
 def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, killed: list) -> None:
     """SIGKILL the Ray Train worker process once a checkpoint of ``epoch`` exists (the next epoch is running).
-    Only this test session's workers: descendants of this process (the in-process Ray's raylet is its child)."""
+    Only this run's workers: descendants of this process (the in-process Ray's raylet is its child) started
+    after the watcher. They are looked up before the checkpoint appears: a process scan takes longer than an
+    epoch of this small run on a fast machine, which could end the run before the kill."""
     import psutil
 
-    me = os.getpid()
+    me, start, workers = os.getpid(), time.time(), []
+
+    def find() -> list:
+        out = []
+        for proc in psutil.process_iter(["pid", "cmdline", "name", "create_time"]):
+            title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+            with contextlib.suppress(psutil.Error):
+                if "RayTrainWorker" in title and proc.info["create_time"] >= start - 1 and \
+                        any(p.pid == me for p in proc.parents()):
+                    out.append(proc)
+        return out
+
     while not done.is_set():
+        workers = [w for w in workers if w.is_running()] or find()
         epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
-        if epochs and max(epochs) >= epoch:
-            for proc in psutil.process_iter(["pid", "cmdline", "name"]):
-                title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-                ours = False
+        if workers and epochs and max(epochs) >= epoch:
+            for w in workers:
                 with contextlib.suppress(psutil.Error):
-                    ours = any(p.pid == me for p in proc.parents())
-                if "RayTrainWorker" in title and ours:
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
+                    w.kill()
+                    killed.append(w.pid)
             if killed:
                 return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_a_killed_training_worker_is_replaced_and_the_run_matches(synthetic, tmp_path):
     """A Ray Train worker process SIGKILLed mid-run: Ray Train (FailureConfig) starts a new worker group, the
     engine resumes it from the latest checkpoint, and the final metrics equal an uninterrupted run's."""
-    common = ["--train.epochs", "5", "--train.patience", "10", "--train.seed", "9", "--train.max_failures", "2"]
+    # 12 epochs: on a fast machine an epoch of this run takes ~0.1 s, and the kill must land before the end
+    common = ["--train.epochs", "12", "--train.patience", "12", "--train.seed", "9", "--train.max_failures", "2"]
     assert main(_args(synthetic, tmp_path / "full", *common, "--run_name", "worker-full")) == 0
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_train_worker_after,
