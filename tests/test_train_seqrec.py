@@ -269,25 +269,26 @@ def test_beauty_slice_end_to_end(ray_local, tmp_path):
 
 def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, killed: list) -> None:
     """SIGKILL the Ray Train worker process once a checkpoint of ``epoch`` exists (the next epoch is running).
-    Only this run's workers: descendants of this process (the in-process Ray's raylet is its child) started
-    after the watcher. They are looked up before the checkpoint appears: a process scan takes longer than an
-    epoch of this small run on a fast machine, which could end the run before the kill."""
+    Only this run's workers: descendants of this process (the in-process Ray's raylet is its child) that were
+    not Ray Train workers when the watcher started (an actor may start in an older idle worker process, so the
+    process's age says nothing). They are looked up before the checkpoint appears: a process scan takes longer
+    than an epoch of this small run on a fast machine, which could end the run before the kill."""
     import psutil
 
-    me, start, workers = os.getpid(), time.time(), []
+    me, workers = os.getpid(), []
 
     def find() -> list:
         out = []
-        for proc in psutil.process_iter(["pid", "cmdline", "name", "create_time"]):
+        for proc in psutil.process_iter(["pid", "cmdline", "name"]):
             title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
             with contextlib.suppress(psutil.Error):
-                if "RayTrainWorker" in title and proc.info["create_time"] >= start - 1 and \
-                        any(p.pid == me for p in proc.parents()):
+                if "RayTrainWorker" in title and any(p.pid == me for p in proc.parents()):
                     out.append(proc)
         return out
 
+    stale = {p.pid for p in find()}
     while not done.is_set():
-        workers = [w for w in workers if w.is_running()] or find()
+        workers = [w for w in workers if w.is_running()] or [w for w in find() if w.pid not in stale]
         epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
         if workers and epochs and max(epochs) >= epoch:
             for w in workers:
