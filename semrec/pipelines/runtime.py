@@ -15,9 +15,7 @@ from semrec.errors import ConfigError, find_semrec_error, user_message
 log = logging.getLogger("semrec")
 # an overloaded machine (seen with 4 local Rays on 2 cores) can miss the raylet's 30 s start-up deadline
 LOCAL_START_ATTEMPTS = 3
-
-
-IDLE_WORKER_KEEP_MS = 10_000
+IDLE_WORKER_KEEP_MS = 10_000  # in-process Ray: how long idle task workers are kept (Ray's default 1 s)
 
 
 def init_ray(rs: RaySettings) -> None:

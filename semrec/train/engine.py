@@ -20,8 +20,8 @@ and sharded evaluation as metric sums; the engine owns everything else:
   pass), and a progress bar on the driver (``driver_progress``);
 - deterministic errors stop the run at once: a ``SemrecError`` (bad input met while loading a family's
   data or streaming a shard, a model whose scores are NaN) raised on any rank while making the family,
-  building the model, fetching a batch or evaluating is agreed on by every rank at that step's collective, reported as the run's final result
-  (``failed``) and re-raised on the driver by ``launch``. Raised from the workers, Ray Train would retry
+  building the model, fetching a batch or evaluating is agreed on by every rank at that step's
+  collective, reported as the run's final result (``failed``) and re-raised on the driver by ``launch``. Raised from the workers, Ray Train would retry
   it ``--train.max_failures`` times (its failure policy cannot tell it from a lost node) and fail the
   same way each time; any other error is still raised, and retried.
 """
@@ -208,13 +208,13 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
         model, err = family.build(), None
     except Exception as e:  # noqa: BLE001 -- a SemrecError is agreed on; anything else is re-raised
         model, err = None, _semrec_error(e)
-    agree(Collective(world, device or ray.train.torch.get_device()), err)
+    coll = Collective(world, device or ray.train.torch.get_device())  # where the model and its collectives live
+    agree(coll, err)
     if world > 1:
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     else:
         model = model.to(device or ray.train.torch.get_device())
     device = next(model.parameters()).device
-    coll = Collective(world, device)
     torch.manual_seed(train["seed"] * 1_000_003 + rank)  # per-rank dropout
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
     start, best, best_epoch, bad, best_state, prior_s = 0, float("-inf"), -1, 0, None, 0.0
