@@ -18,13 +18,12 @@ Results accumulate in benchmarks/results/uist.json; the tables are benchmarks/re
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from benchlib import locked_runs, write_result
+from benchlib import latency_ms, locked_runs, write_result
 from helpers import shared
 
 from semrec.pipelines.train_ctr import main as train_ctr
@@ -187,15 +186,6 @@ def test_table3_aggregation(benchmark, ray_local, dataset, aggregation, seed):
 
 
 # ----------------------------------------------------------------------------- latency and memory
-def _median_ms(fn, n: int) -> float:
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
 @pytest.mark.parametrize("dataset", ["beauty", "movielens"])
 def test_latency_and_memory(benchmark, ray_local, dataset):
     """Per-sample inference on CPU, batch 1, one thread, median over 300 test rows: the lookup of the
@@ -235,7 +225,7 @@ def test_latency_and_memory(benchmark, ray_local, dataset):
                 with torch.inference_mode():
                     return model(u, it, history)
 
-            out[p] = {"latency_ms": _median_ms(one, 300), **model.representation_bytes()}
+            out[p] = {"latency_ms": latency_ms(one, 300)[0], **model.representation_bytes()}
         # content encoding: the text encoder in the loop
         items_t = pq.read_table(d / "items").sort_by("item_id")
         texts = compose_texts(items_t, ["title", "categories"], "id")
@@ -259,7 +249,7 @@ def test_latency_and_memory(benchmark, ray_local, dataset):
                 return model.base.score(torch.stack([user_vec, item_vec], dim=1))
 
         with torch.inference_mode():
-            out["content"] = {"latency_ms": _median_ms(content, 100), "item_bytes": 0, "user_bytes": 0}
+            out["content"] = {"latency_ms": latency_ms(content, 100)[0], "item_bytes": 0, "user_bytes": 0}
         return out
 
     r = benchmark.pedantic(measure, rounds=1, iterations=1)

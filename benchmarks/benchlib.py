@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import json
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -15,12 +16,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class PeakRSS:
     """Samples the summed RSS of this process and all its descendants (Ray's raylet, workers, actors)
     every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes, and ``peak_titled``: the peak
-    of any one process whose title (Ray sets e.g. ``ray::RayTrainWorker...``) contains ``title``."""
+    of any one process whose title (Ray sets e.g. ``ray::RayTrainWorker...``) contains ``title``;
+    ``peak_single_title``: the title of the process that set ``peak_single``."""
 
     def __init__(self, interval: float = 0.1, children: bool = True, title: str | None = None):
         self.interval, self.children, self.title = interval, children, title
         self.peak_total = 0
         self.peak_single = 0
+        self.peak_single_title = ""
         self.peak_titled = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -35,7 +38,12 @@ class PeakRSS:
                 except psutil.Error:
                     continue
                 total += rss
-                self.peak_single = max(self.peak_single, rss)
+                if rss > self.peak_single:
+                    self.peak_single = rss
+                    try:
+                        self.peak_single_title = " ".join(p.cmdline())[:80]
+                    except psutil.Error:
+                        pass
                 if self.title and rss > self.peak_titled:
                     try:
                         if self.title in " ".join(p.cmdline()[:1]):
@@ -65,6 +73,19 @@ def locked_runs(name: str, sort_keys: bool = True):
         runs = json.loads(store.read_text()) if store.exists() else {}
         yield runs
         store.write_text(json.dumps(runs, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def latency_ms(fn, n: int, warmup: int = 0) -> tuple[float, float]:
+    """Median and p99 wall time (ms) of ``fn(i)`` for i in 0..n-1, after ``warmup`` untimed calls ``fn(0)``."""
+    for _ in range(warmup):
+        fn(0)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * statistics.median(times), 1000 * times[int(0.99 * (len(times) - 1))]
 
 
 def write_result(name: str, markdown: str) -> None:
