@@ -9,7 +9,7 @@ Data (built on first use under out/bench_dmqn/):
 
 Models (`train_ctr --paradigm ...`, DCN head, embedding 16, items as ID + category embeddings, at most 12
 epochs, patience 2, batches of whole users so DMQN computes a user's state once per batch): DIN-short (the last 50 behaviours), SIM-hard
-(the 50 latest of the candidate's category), DIN-full (every behaviour), DMQN-simple and DMQN (4 x 32
+(the 50 latest of the candidate's category), DIN-full (every behaviour), DMQN-simple and DMQN (8 x 8
 codewords, 1 HSTU layer), DMQN with cluster sizes (`--model.cluster_sizes`, beyond the paper), seeds 1-3:
 
     pytest benchmarks/bench_dmqn.py -s -k "auc and synthetic"
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchlib import RESULTS, locked_runs, write_result
+from benchlib import RESULTS, latency_ms, locked_runs, write_result
 from helpers import shared
 
 from semrec.pipelines.prepare_data import main as prepare
@@ -37,14 +37,16 @@ pytestmark = pytest.mark.slow
 WORK = Path("out/bench_dmqn")
 SEEDS = [1, 2, 3]
 FULL = {"synthetic": 1000, "taobao": 600}  # history lengths read by the full-sequence models
+CODEBOOKS, CODEWORDS = 8, 8  # N x W = 64 interest clusters (4 x 32, 4 x 64, 4 x 16, 8 x 16, 16 x 8: README)
+SHAPE = f"{CODEBOOKS} x {CODEWORDS} codewords"
 MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
           "sim-hard": ["--paradigm", "sim-hard", "--model.top_k", "50"],
           "din-full": ["--paradigm", "din"],
           "dmqn-simple": ["--paradigm", "dmqn-simple"],
           "dmqn": ["--paradigm", "dmqn"],
           "dmqn-sizes": ["--paradigm", "dmqn", "--model.cluster_sizes"]}  # + log cluster sizes (not the paper)
-COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", "4",
-          "--model.codewords", "32", "--model.category_features", "--train.group_users", "--train.batch_size", "512",
+COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", str(CODEBOOKS),
+          "--model.codewords", str(CODEWORDS), "--model.category_features", "--train.group_users", "--train.batch_size", "512",
           "--train.threads", "1",
           "--train.patience", "2", "--train.epochs", "12"]
 
@@ -90,8 +92,9 @@ def run(dataset: str, model: str, seed: int) -> dict:
 def _table(runs: dict) -> None:
     lines = ["Test AUC per model (mean ± sd over the seeds run, n = seeds); DCN head, embedding 16.", "",
              "| dataset | model | AUC | n |", "|---|---|---|---|"]
+    others = sorted({r["model"] for r in runs.values()} - set(MODELS))  # variants tried (README)
     for dataset in ("synthetic", "taobao"):
-        for model in MODELS:
+        for model in [*MODELS, *others]:
             aucs = [r["metrics"]["test_AUC"] for r in runs.values() if r["dataset"] == dataset and r["model"] == model]
             if aucs:
                 sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
@@ -125,25 +128,13 @@ def test_synthetic_acceptance():
 
 # ----------------------------------------------------------------------------- latency
 def untrained_spec(paradigm: str, n_items: int, max_len: int) -> dict:
-    """The build_paradigm spec of the latency, cache and HTTP benchmarks: DCN head, d = 16, 4 x 32 codewords,
-    1 HSTU layer (their weights stay untrained: throughput and latency do not depend on them)."""
+    """The build_paradigm spec of the latency, cache and HTTP benchmarks: DCN head, d = 16, the AUC runs'
+    codebooks, 1 HSTU layer (their weights stay untrained: throughput and latency do not depend on them)."""
     return {"paradigm": paradigm, "n_items": n_items, "n_users": 1, "dim": 16,
             "base": {"model": "dcn", "hidden": [128, 64], "cross_layers": 3, "dropout": 0.0, "batch_norm": True},
-            "long": {"codebooks": 4, "codewords": 32, "hstu_layers": 1, "heads": 1, "dropout": 0.0, "tau0": 1.0,
-                     "tau_min": 0.1, "anneal_steps": 400, "top_k": 50, "din_hidden": [64, 32]},
+            "long": {"codebooks": CODEBOOKS, "codewords": CODEWORDS, "hstu_layers": 1, "heads": 1, "dropout": 0.0,
+                     "tau0": 1.0, "tau_min": 0.1, "anneal_steps": 400, "top_k": 50, "din_hidden": [64, 32]},
             "encoder": {"layers": 1, "heads": 1, "max_len": max_len, "dropout": 0.0}}
-
-
-def _median_ms(fn, n: int, warmup: int = 3) -> tuple[float, float]:
-    for _ in range(warmup):  # first calls allocate (and, after a large DIN-full call, fault pages back in)
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * statistics.median(times), 1000 * times[int(0.99 * (len(times) - 1))]
 
 
 def test_latency_vs_length(benchmark):
@@ -170,9 +161,9 @@ def test_latency_vs_length(benchmark):
                     cand = torch.randint(1, n_items + 1, (1, c))
                     users = torch.zeros(c, dtype=torch.long)
                     out[f"L{length}-C{c}"] = {
-                        "dmqn_cached": _median_ms(lambda: dmqn.score_state(row.float(), valid, cand), 500),
-                        "dmqn_uncached": _median_ms(lambda: dmqn.score_state(*dmqn.user_state(hist), cand), 50),
-                        "din_full": _median_ms(lambda: din(users, cand[0], hist.expand(c, -1)), 20),
+                        "dmqn_cached": latency_ms(lambda _: dmqn.score_state(row.float(), valid, cand), 500, 3),
+                        "dmqn_uncached": latency_ms(lambda _: dmqn.score_state(*dmqn.user_state(hist), cand), 50, 3),
+                        "din_full": latency_ms(lambda _: din(users, cand[0], hist.expand(c, -1)), 20, 3),
                     }
             out[f"L{length}-cache_bytes_per_user"] = row.numel() * row.element_size() + valid.numel() // 8
         return out
@@ -180,7 +171,7 @@ def test_latency_vs_length(benchmark):
     r = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     lines = ["Per-request latency (ms, median / p99; batch 1, 1 thread, untrained weights), DCN head, d = 16, "
-             "4 x 32 codewords.", "", "| L | candidates | DMQN cached | DMQN uncached | DIN-full |", "|---|---|---|---|---|"]
+             f"{SHAPE}.", "", "| L | candidates | DMQN cached | DMQN uncached | DIN-full |", "|---|---|---|---|---|"]
     for length in (100, 1_000, 10_000):
         for c in (1, 100):
             v = r[f"L{length}-C{c}"]
@@ -236,19 +227,22 @@ def test_cache_build_at_scale(benchmark, ray_local, users):
     report = json.loads((out / "report.json").read_text())
     m = {"users": users, "users_per_s": report["users_per_s"], "states_s": report["timings"]["states_s"],
          "total_s": report["timings"]["total_s"], "bytes_per_user": report["bytes_per_user"],
-         "peak_rss_single_mb": round(rss.peak_single / 2**20), "peak_rss_total_mb": round(rss.peak_total / 2**20)}
+         "peak_rss_single_mb": round(rss.peak_single / 2**20), "peak_rss_total_mb": round(rss.peak_total / 2**20),
+         "peak_rss_single_process": rss.peak_single_title}
     benchmark.extra_info.update(m)
     SCALE[users] = m
     if len(SCALE) == 2:
         small, big = SCALE[100_000], SCALE[1_000_000]
         md = [f"build_cache on synthetic long sequences (L = {SCALE_LEN}, {SCALE_ITEMS:,} items), untrained DMQN "
-              "(d = 16, 4 x 32 codewords, 1 HSTU layer), float16 states, 1 actor, 2 cores.", "",
+              f"(d = 16, {SHAPE}, 1 HSTU layer), float16 states, 1 actor, 2 cores.", "",
               "| users | users/s | states s | job s | bytes / user | peak RSS, one process (MB) | peak RSS, all (MB) |",
               "|---|---|---|---|---|---|---|"]
         for r in (small, big):
             md.append(f"| {r['users']:,} | {r['users_per_s']:,.0f} | {r['states_s']:.0f} | {r['total_s']:.0f} | "
                       f"{r['bytes_per_user']:,} | {r['peak_rss_single_mb']:,} | {r['peak_rss_total_mb']:,} |")
         ratio = big["peak_rss_single_mb"] / small["peak_rss_single_mb"]
+        md.append(f"\nThe largest process: `{small['peak_rss_single_process']}` at 100k users, "
+                  f"`{big['peak_rss_single_process']}` at 1M.")
         md.append(f"\nPeak single-process RSS 1M / 100k: {ratio:.2f}x. Extrapolation (arithmetic, not measured): "
                   f"100M users at {big['users_per_s']:,.0f} users/s per actor take {1e8 / big['users_per_s'] / 3600:.1f}"
                   f" h / N actors, and {1e8 * big['bytes_per_user'] / 2**30:.0f} GiB of cache.")
@@ -326,7 +320,7 @@ def test_http_latency(benchmark, ray_local):
     r = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info.update(r)
     lines = [f"serve_dmqn over loopback HTTP (1 replica, 1 thread; 200 sequential requests; untrained DMQN, d = 16, "
-             f"4 x 32 codewords; a miss sends the user's history of L = {length:,}); p50 / p99 ms.", "",
+             f"{SHAPE}; a miss sends the user's history of L = {length:,}); p50 / p99 ms.", "",
              "| candidates | path | HTTP (Ray Serve) | in-process Scorer |", "|---|---|---|---|"]
     for c in (1, 100):
         for path in ("cache", "miss"):

@@ -40,7 +40,7 @@ class MultiCodebookQuantizer(nn.Module):
     """``forward(e, valid)``: behaviour embeddings (B, L, d) and a validity mask (B, L) -> clusters (B, N*W, d)
     and their mask (B, N*W) True where at least one behaviour chose the codeword."""
 
-    def __init__(self, dim: int, codebooks: int = 4, codewords: int = 32, tau0: float = 1.0,
+    def __init__(self, dim: int, codebooks: int = 8, codewords: int = 8, tau0: float = 1.0,
                  tau_min: float = 0.1, anneal_steps: int = 2000, cluster_sizes: bool = False):
         super().__init__()
         self.size = None
@@ -164,7 +164,7 @@ class DMQNUser(nn.Module):
     """``forward(history, cand_vec, cand_ids)`` -> interest (B, d) for cand_vec (B, d), or (B, C, d) for
     (B, C, d). ``state`` + ``attend`` split it at the cache boundary."""
 
-    def __init__(self, items: nn.Module, dim: int, codebooks: int = 4, codewords: int = 32, hstu_layers: int = 1,
+    def __init__(self, items: nn.Module, dim: int, codebooks: int = 8, codewords: int = 8, hstu_layers: int = 1,
                  heads: int = 1, dropout: float = 0.0, tau0: float = 1.0, tau_min: float = 0.1,
                  anneal_steps: int = 2000, cluster_sizes: bool = False):
         super().__init__()
