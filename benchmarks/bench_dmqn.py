@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 WORK = Path("out/bench_dmqn")
 SEEDS = [1, 2, 3]
 FULL = {"synthetic": 1000, "taobao": 600}  # history lengths read by the full-sequence models
-CODEBOOKS, CODEWORDS = 8, 8  # N x W = 64 interest clusters (4 x 32, 4 x 64, 4 x 16, 8 x 16, 16 x 8: README)
+CODEBOOKS, CODEWORDS = 8, 8  # N x W = 64 interest clusters; the shapes tried are in the README
 SHAPE = f"{CODEBOOKS} x {CODEWORDS} codewords"
 MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
           "sim-hard": ["--paradigm", "sim-hard", "--model.top_k", "50"],
@@ -46,9 +46,8 @@ MODELS = {"din-short": ["--paradigm", "din", "--model.max_len", "50"],
           "dmqn": ["--paradigm", "dmqn"],
           "dmqn-sizes": ["--paradigm", "dmqn", "--model.cluster_sizes"]}  # + log cluster sizes (not the paper)
 COMMON = ["--model.embedding_dim", "16", "--model.hidden", "[128,64]", "--model.codebooks", str(CODEBOOKS),
-          "--model.codewords", str(CODEWORDS), "--model.category_features", "--train.group_users", "--train.batch_size", "512",
-          "--train.threads", "1",
-          "--train.patience", "2", "--train.epochs", "12"]
+          "--model.codewords", str(CODEWORDS), "--model.category_features", "--train.group_users",
+          "--train.batch_size", "512", "--train.threads", "1", "--train.patience", "2", "--train.epochs", "12"]
 
 
 def _done(path: Path) -> bool:

@@ -39,17 +39,9 @@ class PeakRSS:
                     continue
                 total += rss
                 if rss > self.peak_single:
-                    self.peak_single = rss
-                    try:
-                        self.peak_single_title = " ".join(p.cmdline())[:80]
-                    except psutil.Error:
-                        pass
-                if self.title and rss > self.peak_titled:
-                    try:
-                        if self.title in " ".join(p.cmdline()[:1]):
-                            self.peak_titled = rss
-                    except psutil.Error:
-                        pass
+                    self.peak_single, self.peak_single_title = rss, _title(p)
+                if self.title and rss > self.peak_titled and self.title in _title(p):
+                    self.peak_titled = rss
             self.peak_total = max(self.peak_total, total)
             time.sleep(self.interval)
 
@@ -60,6 +52,15 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def _title(p: psutil.Process) -> str:
+    """A process's title: its first command-line word, where Ray writes e.g. ``ray::RayTrainWorker...``."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return ""
+    return cmd[0].strip() if cmd else ""
 
 
 @contextlib.contextmanager
@@ -76,7 +77,8 @@ def locked_runs(name: str, sort_keys: bool = True):
 
 
 def latency_ms(fn, n: int, warmup: int = 0) -> tuple[float, float]:
-    """Median and p99 wall time (ms) of ``fn(i)`` for i in 0..n-1, after ``warmup`` untimed calls ``fn(0)``."""
+    """Median and p99 wall time (ms) of ``fn(i)`` for i in 0..n-1, after ``warmup`` untimed calls ``fn(0)``
+    (first calls allocate, and after a large call page faults bring memory back in)."""
     for _ in range(warmup):
         fn(0)
     times = []

@@ -351,7 +351,7 @@ class CTRModelSettings(Section):
     encoder_dropout: float = Field(0.1, ge=0, lt=1, description="paradigms with a user encoder: dropout")
     codebooks: int = Field(8, ge=1, description="dmqn: independent codebooks (N)")
     codewords: int = Field(8, ge=2, description="dmqn: codewords per codebook (W); N x W interest clusters "
-                                                 "(8 x 8 measured best of six shapes: README)")
+                                                 "(8 x 8: the shapes measured are in the README)")
     hstu_layers: int = Field(1, ge=1, description="dmqn: HSTU layers over the clusters (dmqn-simple: none)")
     hstu_heads: int = Field(1, ge=1, description="dmqn: HSTU heads (divide embedding_dim)")
     tau0: float = Field(1.0, gt=0, description="dmqn: initial Gumbel-softmax temperature")
