@@ -129,10 +129,11 @@ def test_codewords_get_gradients_through_the_straight_through_estimator():
     assert user.mcqm.proj.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("paradigm", ["dmqn", "dmqn-simple"])
-def test_cached_state_scores_exactly_like_the_full_model(paradigm):
+@pytest.mark.parametrize("paradigm,ctam", [("dmqn", "dot"), ("dmqn-simple", "dot"), ("dmqn", "din")])
+def test_cached_state_scores_exactly_like_the_full_model(paradigm, ctam):
     torch.manual_seed(0)
-    model = build_paradigm(_spec(paradigm)).eval()
+    model = build_paradigm(_spec(paradigm, ctam=ctam)).eval()
+    assert type(model.user.ctam).__name__ == {"dot": "TargetAttention", "din": "ClusterActivation"}[ctam]
     h = _history()
     users = torch.arange(6)
     items = torch.randint(1, 51, (6,))

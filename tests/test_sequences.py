@@ -84,6 +84,29 @@ def test_bad_sequences(tmp_path):
         load_sequences(tmp_path / "unknown.parquet", n_items=10)
 
 
+def test_check_names_the_user_of_the_bad_item_and_scan_batches_agree(tmp_path):
+    """RowBatch.check finds the user by offset (empty rows between), and _scan_file gives the same counts,
+    max id and first error whatever the batch size."""
+    from semrec.data.sequences import _scan_file
+
+    items = [[1, 2], [], [3, 4, 5], [], [6, 7], [8, 9]]
+    t = pa.table({"user_id": pa.array([10, 11, 12, 13, 14, 15], pa.int64()),
+                  "item_ids": pa.array(items, pa.list_(pa.int64())), "path": ["a.parquet"] * 6})
+    rows = RowBatch.from_arrow(t)
+    rows.check(9, "x", 0)
+    with pytest.raises(InputError, match="x: user 14 has item id 7 outside the catalogue 1..6"):
+        rows.check(6, "x", 0)
+    bad = pa.table({"user_id": pa.array([1, 2, 3], pa.int64()),
+                    "item_ids": pa.array([[4], [], [2, 0]], pa.list_(pa.int64()))})
+    with pytest.raises(InputError, match="x: user 3 has item id < 1"):
+        RowBatch.from_arrow(bad).check(9, "x", 0)
+    write_table(t.drop_columns(["path"]), tmp_path / "a.parquet")
+    for size in (1, 2, 4, 100):
+        assert _scan_file(str(tmp_path / "a.parquet"), 9, 0, "why", rows=size) == (6, 9, "")
+        assert _scan_file(str(tmp_path / "a.parquet"), 8, 0, "why", rows=size)[2] == \
+            f"{tmp_path / 'a.parquet'}: user 15 has item id 9 outside the catalogue 1..8"
+
+
 def test_lastfm_official_negatives(tmp_path):
     from semrec.data.adapters import s3rec_sequences
 

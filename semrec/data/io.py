@@ -147,6 +147,24 @@ def input_read_errors(files: list[Path], what: str) -> Iterator[None]:
         raise InputError(f"{what} {found[0]}{more}") from None
 
 
+STREAM_BLOCK_BYTES = 32 * 2**20  # Ray Data's default target block is 128 MiB
+
+
+@contextmanager
+def ray_block_bytes(nbytes: int = STREAM_BLOCK_BYTES) -> Iterator[None]:
+    """Ray Data's target block size for the datasets created and executed inside: Parquet readers take it when
+    ``read_parquet`` is called (so a later ``ds.context`` change does not reach them), map stages when they run.
+    Smaller blocks bound the memory of every read task and actor (measured in benchmarks/bench_dmqn.py)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    old, ctx.target_max_block_size = ctx.target_max_block_size, nbytes
+    try:
+        yield
+    finally:
+        ctx.target_max_block_size = old
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -45,8 +45,8 @@ class RowBatch:
     def from_arrow(cls, table: pa.Table) -> "RowBatch":
         col = table.column("item_ids").combine_chunks()
         offsets = col.offsets.to_numpy().astype(np.int64)  # of a sliced array: not rebased, into .values
-        flat = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].astype(np.int64)
-        return cls(table.column("user_id").to_numpy().astype(np.int64), offsets - offsets[0], flat)
+        flat = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].astype(np.int64, copy=False)
+        return cls(table.column("user_id").to_numpy().astype(np.int64, copy=False), offsets - offsets[0], flat)
 
     @classmethod
     def concat(cls, batches: list["RowBatch"]) -> "RowBatch":
@@ -70,17 +70,15 @@ class RowBatch:
             i = int(np.argmax(short))
             raise InputError(f"{where}: user {self.user_ids[i]} has {self.lengths[i]} items; {why} needs "
                              f"at least {min_length}")
-        row_of = np.repeat(np.arange(len(self)), self.lengths)
-        low = self.flat < 1
-        if low.any():
-            raise InputError(f"{where}: user {self.user_ids[row_of[np.argmax(low)]]} has item id < 1 (ids are "
-                             f"1-based, 0 is padding)")
-        if n_items is not None:
-            high = self.flat > n_items
-            if high.any():
-                j = int(np.argmax(high))
-                raise InputError(f"{where}: user {self.user_ids[row_of[j]]} has item id {self.flat[j]} outside the "
-                                 f"catalogue 1..{n_items}")
+        if not len(self.flat):
+            return
+        low, high = self.flat.min() < 1, n_items is not None and self.flat.max() > n_items
+        if low or high:  # only now the position (and its user): the scan of a large block allocates nothing more
+            j = int(np.argmax(self.flat < 1)) if low else int(np.argmax(self.flat > n_items))
+            user = self.user_ids[np.searchsorted(self.offsets, j, side="right") - 1]
+            if low:
+                raise InputError(f"{where}: user {user} has item id < 1 (ids are 1-based, 0 is padding)")
+            raise InputError(f"{where}: user {user} has item id {self.flat[j]} outside the catalogue 1..{n_items}")
 
     def seen(self, rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
         """Whether ``items[i, j]`` is in the sequence of row ``rows[i]`` (vectorised over the batch)."""

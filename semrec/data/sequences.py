@@ -55,35 +55,54 @@ def load_sequences(path: str | Path, n_items: int | None = None, min_length: int
     return Sequences(rows.user_ids, items, n_items or int(rows.flat.max()))
 
 
-def _scan_block(table: pa.Table, n_items: int | None, min_length: int, why: str) -> pa.Table:
-    rows = RowBatch.from_arrow(table)
-    error = ""
-    try:
-        rows.check(n_items, ", ".join(sorted(pa.compute.unique(table.column("path")).to_pylist())), min_length, why)
-    except InputError as e:
-        error = str(e)
-    return pa.table({"users": [len(rows)], "max_id": [int(rows.flat.max()) if len(rows.flat) else 0],
-                     "error": [error]})
+SCAN_BATCH_ITEMS = 4_000_000  # item ids per scan batch (32 MB as int64)
+
+
+def _scan_file(path: str, n_items: int | None, min_length: int, why: str,
+               rows: int | None = None) -> tuple[int, int, str]:
+    """(users, max item id, first error) of one Parquet file, read in batches of ``rows`` users (default: about
+    SCAN_BATCH_ITEMS item ids, from the file's mean sequence length): a scan task holds one batch plus a row
+    group's compressed bytes, whatever the file or table size."""
+    f = pq.ParquetFile(path)
+    if rows is None:
+        md = f.metadata
+        leaf = [i for i in range(md.num_columns) if md.schema.column(i).path.startswith("item_ids.")]
+        values = sum(md.row_group(g).column(leaf[0]).num_values for g in range(md.num_row_groups)) if leaf else 0
+        rows = max(256, int(SCAN_BATCH_ITEMS * md.num_rows / values)) if values else 65_536
+    users, max_id = 0, 0
+    for batch in f.iter_batches(batch_size=rows, columns=["user_id", "item_ids"]):
+        b = RowBatch.from_arrow(pa.Table.from_batches([batch]))
+        try:
+            b.check(n_items, path, min_length, why)
+        except InputError as e:
+            return users, max_id, str(e)
+        users, max_id = users + len(b), max(max_id, int(b.flat.max()) if len(b.flat) else 0)
+    return users, max_id, ""
 
 
 def scan_sequences(files: list[Path], n_items: int | None, min_length: int = MIN_LENGTH,
                    why: str = "leave-one-out") -> tuple[int, int]:
     """(users, n_items) of a ``user_sequences`` table too large for one process, checked as
-    ``load_sequences`` checks it (sequences of >= ``min_length`` items, ids in 1..n_items), by Ray Data
-    tasks, in bounded memory; the first bad row is an InputError naming its file and user."""
+    ``load_sequences`` checks it (sequences of >= ``min_length`` items, ids in 1..n_items) by one Ray task per
+    file (at most one per CPU in flight), in bounded memory; the first bad row is an InputError naming its file
+    and user (the first in file order)."""
     import ray
-    import ray.data
 
-    ds = ray.data.read_parquet([str(f) for f in files], include_paths=True).select_columns(
-        ["user_id", "item_ids", "path"])
-    stats = ds.map_batches(_scan_block, fn_kwargs={"n_items": n_items, "min_length": min_length, "why": why}, batch_size=None,
-                           batch_format="pyarrow").to_arrow_refs()
-    tables = [t for t in ray.get(stats) if t.num_rows]
-    errors = [e for t in tables for e in t.column("error").to_pylist() if e]
+    scan = ray.remote(num_cpus=1)(_scan_file)
+    width = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending, results = {}, {}
+    for i, f in enumerate(files):
+        if len(pending) >= width:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            results[pending.pop(done[0])] = ray.get(done[0])
+        pending[scan.remote(str(f), n_items, min_length, why)] = i
+    for ref, i in pending.items():
+        results[i] = ray.get(ref)
+    errors = [results[i][2] for i in sorted(results) if results[i][2]]
     if errors:
         raise InputError(errors[0])
-    users = sum(pa.compute.sum(t.column("users")).as_py() or 0 for t in tables)
-    max_id = max((pa.compute.max(t.column("max_id")).as_py() or 0 for t in tables), default=0)
+    users = sum(r[0] for r in results.values())
+    max_id = max((r[1] for r in results.values()), default=0)
     if users == 0:
         raise InputError(f"{files[0].parent}: user_sequences has no rows")
     return users, n_items or max_id

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from semrec.config import write_effective
 from semrec.config.settings import BuildCacheSettings
-from semrec.data.io import count_rows, input_read_errors, parquet_files, read_schema, write_manifest
+from semrec.data.io import count_rows, input_read_errors, parquet_files, ray_block_bytes, read_schema, write_manifest
 from semrec.data.output import job_output
 from semrec.errors import InputError
 from semrec.schemas import USER_SEQUENCES, check_schema
@@ -62,17 +62,18 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     version = model_version(s.model)
     init_ray(s.ray)
     rs = check_actor_budget(s.ray)
-    n_users, _ = scan_sequences(files, cfg["n_items"], 1, "a cached user state")
-    ds = ray.data.read_parquet([str(f) for f in files]).select_columns(["user_id", "item_ids"])
-    check_unique_ids(ds, stage / "_work" / "ids", s.partitions or max(1, math.ceil(n_users / ROWS_PER_PARTITION)),
-                     str(s.sequences), "user_id")
-    t1 = time.perf_counter()
-    ds.context.execution_options.preserve_order = True
-    threads = rs.threads
-    ds.map_batches(UserStates, batch_format="pyarrow", batch_size=rs.batch_size,
-                   fn_constructor_args=(str(Path(s.model).absolute()), threads, s.dtype),
-                   compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
-                   max_restarts=rs.actor_restarts).write_parquet(str(stage / "user_cache"))
+    with ray_block_bytes():  # bounded blocks: flat memory per process whatever the table size
+        n_users, _ = scan_sequences(files, cfg["n_items"], 1, "a cached user state")
+        ds = ray.data.read_parquet([str(f) for f in files]).select_columns(["user_id", "item_ids"])
+        check_unique_ids(ds, stage / "_work" / "ids", s.partitions or max(1, math.ceil(n_users / ROWS_PER_PARTITION)),
+                         str(s.sequences), "user_id")
+        t1 = time.perf_counter()
+        ds.context.execution_options.preserve_order = True
+        ds.map_batches(UserStates, batch_format="pyarrow", batch_size=rs.batch_size,
+                       fn_constructor_args=(str(Path(s.model).absolute()), rs.threads, s.dtype),
+                       compute=ray.data.ActorPoolStrategy(size=rs.actors, max_tasks_in_flight_per_actor=1),
+                       num_cpus=rs.cpus_per_actor, max_restarts=rs.actor_restarts
+                       ).write_parquet(str(stage / "user_cache"))
     encode_s = time.perf_counter() - t1
     if count_rows(parquet_files(stage / "user_cache", "user_cache")) != n_users:
         raise InputError(f"the state stage wrote fewer rows than the {n_users} users")
@@ -85,7 +86,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
         MemmapStore.build(stage / "user_cache", stage / "store")
     report = {"users": n_users, "model_version": version, "clusters": clusters, "dim": dim, "dtype": s.dtype,
               "bytes_per_user": clusters * dim * (2 if s.dtype == "float16" else 4) + (clusters + 7) // 8,
-              "users_per_s": round(n_users / encode_s, 1),
+              "users_per_s": round(n_users / encode_s, 1), "actors": rs.actors, "threads_per_actor": rs.threads,
               "timings": {"validate_s": round(t1 - t0, 3), "states_s": round(encode_s, 3),
                           "total_s": round(time.perf_counter() - t0, 3)}}
     import shutil

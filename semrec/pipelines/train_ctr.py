@@ -43,7 +43,8 @@ def paradigm_spec(s: TrainCTRSettings, meta: dict) -> dict:
     if USER_SIDE[p] == "target":
         spec["long"] = {"codebooks": m.codebooks, "codewords": m.codewords, "hstu_layers": m.hstu_layers,
                         "heads": m.hstu_heads, "dropout": m.encoder_dropout, "tau0": m.tau0, "tau_min": m.tau_min,
-                        "anneal_steps": m.anneal_steps, "cluster_sizes": m.cluster_sizes, "top_k": m.top_k,
+                        "anneal_steps": m.anneal_steps, "cluster_sizes": m.cluster_sizes, "ctam": m.ctam,
+                        "top_k": m.top_k,
                         "din_hidden": m.din_hidden, "categories": 0}
         if m.category_features:
             from semrec.data.items import load_item_categories

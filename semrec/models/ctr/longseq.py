@@ -166,12 +166,13 @@ class DMQNUser(nn.Module):
 
     def __init__(self, items: nn.Module, dim: int, codebooks: int = 8, codewords: int = 8, hstu_layers: int = 1,
                  heads: int = 1, dropout: float = 0.0, tau0: float = 1.0, tau_min: float = 0.1,
-                 anneal_steps: int = 2000, cluster_sizes: bool = False):
+                 anneal_steps: int = 2000, cluster_sizes: bool = False, ctam: str = "dot",
+                 din_hidden: list[int] = (64, 32)):
         super().__init__()
         self.items = items
         self.mcqm = MultiCodebookQuantizer(dim, codebooks, codewords, tau0, tau_min, anneal_steps, cluster_sizes)
         self.icim = nn.ModuleList(HSTULayer(dim, codebooks * codewords, heads, dropout) for _ in range(hstu_layers))
-        self.ctam = TargetAttention(dim)
+        self.ctam = TargetAttention(dim) if ctam == "dot" else ClusterActivation(dim, list(din_hidden))
 
     def state(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(clusters (B, N*W, d), valid (B, N*W)): candidate-independent."""
@@ -204,6 +205,19 @@ class ActivationUnit(nn.Module):
         qq = q.unsqueeze(2).expand_as(keys)
         w = self.mlp(torch.cat([qq, keys, qq - keys, qq * keys], dim=-1)).squeeze(-1) * valid.to(keys.dtype)
         return (w.unsqueeze(-1) * keys).sum(2)
+
+
+class ClusterActivation(nn.Module):
+    """CTAM as DIN's target attention: candidates (B, C, d) over clusters (B, T, d), mask (B, T) -> (B, C, d)
+    with the activation unit's unnormalised weights."""
+
+    def __init__(self, dim: int, hidden: list[int]):
+        super().__init__()
+        self.unit = ActivationUnit(dim, hidden)
+
+    def forward(self, cand: torch.Tensor, clusters: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        c = cand.shape[1]
+        return self.unit(cand, clusters.unsqueeze(1).expand(-1, c, -1, -1), valid.unsqueeze(1).expand(-1, c, -1))
 
 
 class DINUser(nn.Module):

@@ -185,7 +185,8 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
     """``spec``: paradigm, base (a build_ctr spec without ids: model + kwargs), n_items, n_users, dim,
     item_sizes / user_sizes (token paradigms), text_dim (text items), z_dim (cached users), encoder
     (hidden, layers, heads, max_len, dropout), aggregation (uist), long (din / sim-hard / dmqn: codebooks,
-    codewords, hstu_layers, heads, dropout, tau0, tau_min, anneal_steps, top_k, din_hidden). ``assets``:
+    codewords, hstu_layers, heads, dropout, tau0, tau_min, anneal_steps, cluster_sizes, ctam, top_k,
+    din_hidden). ``assets``:
     item_codes (n_items + 1, K), text (n_items + 1, D), user_codes (n_users, K_u), z (n_users, D_z),
     item_categories (n_items + 1,) for sim-hard and long.categories > 0 (category embeddings); zeros of the
     spec's shapes when
@@ -230,7 +231,8 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
         else:
             user = DMQNUser(item, d, ls["codebooks"], ls["codewords"], 0 if p == "dmqn-simple" else ls["hstu_layers"],
                             ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"],
-                            ls.get("cluster_sizes", False))  # absent in models saved before the option
+                            ls.get("cluster_sizes", False),  # absent in models saved before the option
+                            ls.get("ctam", "dot"), ls["din_hidden"])
     else:
         e = spec["encoder"]
         user = SequenceEncoder(item, d, d, e["layers"], e["heads"], e["max_len"], e["dropout"])
