@@ -17,13 +17,18 @@ class PeakRSS:
     """Samples the summed RSS of this process and all its descendants (Ray's raylet, workers, actors)
     every ``interval`` seconds; ``peak_total`` and ``peak_single`` in bytes, and ``peak_titled``: the peak
     of any one process whose title (Ray sets e.g. ``ray::RayTrainWorker...``) contains ``title``;
-    ``peak_single_title``: the title of the process that set ``peak_single``."""
+    ``peak_single_title``: the title of the process that set ``peak_single``; ``peak_private`` and
+    ``peak_private_title``: the same for RSS minus the process's shared pages (psutil's ``shared``: file-backed
+    and shared-memory pages, among them the Ray object store pages the process has mapped, which every worker
+    maps and the object store's size caps)."""
 
     def __init__(self, interval: float = 0.1, children: bool = True, title: str | None = None):
         self.interval, self.children, self.title = interval, children, title
         self.peak_total = 0
         self.peak_single = 0
         self.peak_single_title = ""
+        self.peak_private = 0
+        self.peak_private_title = ""
         self.peak_titled = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -34,12 +39,15 @@ class PeakRSS:
             total = 0
             for p in [me, *(me.children(recursive=True) if self.children else [])]:
                 try:
-                    rss = p.memory_info().rss
+                    mem = p.memory_info()
                 except psutil.Error:
                     continue
+                rss = mem.rss
                 total += rss
                 if rss > self.peak_single:
                     self.peak_single, self.peak_single_title = rss, _title(p)
+                if rss - mem.shared > self.peak_private:
+                    self.peak_private, self.peak_private_title = rss - mem.shared, _title(p)
                 if self.title and rss > self.peak_titled and self.title in _title(p):
                     self.peak_titled = rss
             self.peak_total = max(self.peak_total, total)

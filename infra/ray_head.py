@@ -36,9 +36,20 @@ PORT_FLAGS = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashb
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(["port"])["port"]
+
+
+def free_ports(flags: list[str]) -> dict[str, int]:
+    """One free port per flag, all different: every socket stays bound until all are picked (one at a time,
+    the kernel can hand out the same port twice; seen: Ray's GCS and client server given one port)."""
+    socks = [socket.socket() for _ in flags]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return {flag: s.getsockname()[1] for flag, s in zip(flags, socks)}
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ray_cli() -> str:
@@ -53,7 +64,7 @@ def start(d: Path, num_cpus: int, object_store_mb: int, host: str, timeout: floa
         token.write_text(secrets.token_hex(32) + "\n")
         token.chmod(0o600)
     temp = Path("/tmp") / f"semrec-ray-{free_port()}"  # short: Ray's unix socket paths are length-limited
-    ports = {flag: free_port() for flag in PORT_FLAGS}
+    ports = free_ports(PORT_FLAGS)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            # the job's `python` is the head's: this virtualenv's
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -97,7 +108,7 @@ def join(d: Path, num_cpus: int, object_store_mb: int) -> dict:
     machine: fault tests stop it to lose a node)."""
     info = json.loads((d / "head.json").read_text())
     n = 1 + len(list(d.glob("node-*.json")))
-    ports = {flag: free_port() for flag in NODE_PORT_FLAGS}
+    ports = free_ports(NODE_PORT_FLAGS)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["token_file"],
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
