@@ -3,7 +3,8 @@
 1. cheap checks before Ray: the sequences' schema; the model folder is a dmqn / dmqn-simple ParadigmCTR;
 2. validation with Ray Data tasks: a user with no behaviours, or an item id outside the model's catalogue,
    stops the job naming the file and user; duplicate users are refused;
-3. an actor pool (one model per actor) computes the states (``udfs.UserStates``) in input order;
+3. an actor pool (one model per actor) reads row-group pieces and computes the states (``udfs.UserStatePieces``)
+   in input order;
 4. ``user_cache/`` + ``_MANIFEST.json`` (model_version, clusters, dim, dtype) and, with ``--memmap``,
    ``store/`` (``semrec.serve.cache.MemmapStore``), published atomically.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from semrec.config import write_effective
 from semrec.config.settings import BuildCacheSettings
-from semrec.data.io import count_rows, input_read_errors, parquet_files, ray_block_bytes, read_schema, write_manifest
+from semrec.data.io import (count_rows, input_read_errors, parquet_files, parquet_pieces, ray_block_bytes, read_schema,
+                            write_manifest)
 from semrec.data.output import job_output
 from semrec.errors import InputError
 from semrec.schemas import USER_SEQUENCES, check_schema
@@ -52,7 +54,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
     from semrec.models.artefact import model_version
     from semrec.pipelines.codes import check_unique_ids
     from semrec.pipelines.runtime import check_actor_budget, init_ray
-    from semrec.pipelines.udfs import UserStates
+    from semrec.pipelines.udfs import UserStatePieces
 
     t0 = time.perf_counter()
     files = parquet_files(s.sequences, "user_sequences")
@@ -68,12 +70,15 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
         check_unique_ids(ds, stage / "_work" / "ids", s.partitions or max(1, math.ceil(n_users / ROWS_PER_PARTITION)),
                          str(s.sequences), "user_id")
         t1 = time.perf_counter()
-        ds.context.execution_options.preserve_order = True
-        ds.map_batches(UserStates, batch_format="pyarrow", batch_size=rs.batch_size,
-                       fn_constructor_args=(str(Path(s.model).absolute()), rs.threads, s.dtype),
-                       compute=ray.data.ActorPoolStrategy(size=rs.actors, max_tasks_in_flight_per_actor=1),
-                       num_cpus=rs.cpus_per_actor, max_restarts=rs.actor_restarts
-                       ).write_parquet(str(stage / "user_cache"))
+        pieces = parquet_pieces(files, min_pieces=2 * rs.actors, min_rows=rs.batch_size)  # every actor busy
+        states = ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 1000)))
+        states.context.execution_options.preserve_order = True
+        states.map_batches(UserStatePieces, batch_format="pyarrow", batch_size=1,
+                           fn_constructor_args=(str(Path(s.model).absolute()), rs.threads, s.dtype),
+                           fn_constructor_kwargs={"rows_per_call": rs.batch_size},
+                           compute=ray.data.ActorPoolStrategy(size=rs.actors, max_tasks_in_flight_per_actor=1),
+                           num_cpus=rs.cpus_per_actor, max_restarts=rs.actor_restarts
+                           ).write_parquet(str(stage / "user_cache"))
     encode_s = time.perf_counter() - t1
     if count_rows(parquet_files(stage / "user_cache", "user_cache")) != n_users:
         raise InputError(f"the state stage wrote fewer rows than the {n_users} users")

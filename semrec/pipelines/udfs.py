@@ -163,3 +163,22 @@ class UserStates:
         return pa.table({"user_id": pa.array(rows.user_ids, pa.int64()), "state": embeddings_array(state, self.dtype),
                          "valid": pa.FixedSizeListArray.from_arrays(pa.array(valid.ravel(), pa.uint8()),
                                                                     valid.shape[1])})
+
+
+class UserStatePieces(UserStates):
+    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) of user_sequences -> (user_id, state, valid):
+    the read fused into the state actor, one row group at a time, ``rows_per_call`` users per output batch, so
+    no read task holds a row group beside the actors and memory stays bounded by one row group."""
+
+    def __init__(self, *args, rows_per_call: int = 2048):
+        super().__init__(*args)
+        self.rows_per_call = rows_per_call
+
+    def __call__(self, pieces: pa.Table):
+        from semrec.data.io import read_row_group
+
+        for piece in pieces.to_pylist():
+            table = read_row_group(piece["path"], piece["row_group"], ["user_id", "item_ids"])
+            table = table.slice(piece["start"], piece["rows"])
+            for start in range(0, table.num_rows, self.rows_per_call):
+                yield super().__call__(table.slice(start, self.rows_per_call))
