@@ -34,6 +34,17 @@ def embeddings_array(x: np.ndarray, dtype: str = "float32") -> pa.FixedSizeListA
     return pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
 
 
+def piece_slices(pieces: pa.Table, columns: list[str] | None, rows: int):
+    """The rows of Parquet pieces (``path``, ``row_group``, ``start``, ``rows``; ``parquet_pieces``) in slices of
+    at most ``rows``, reading one row group (only ``columns``) at a time: Ray Data UDFs with the read fused in."""
+    from semrec.data.io import read_row_group
+
+    for piece in pieces.to_pylist():  # a batch of batch_size=1 pieces: one row group in memory
+        table = read_row_group(piece["path"], piece["row_group"], columns).slice(piece["start"], piece["rows"])
+        for start in range(0, table.num_rows, rows):
+            yield table.slice(start, rows)
+
+
 class EmbedItems:
     """items batch -> (item_id, embedding fixed_size_list)."""
 
@@ -67,13 +78,8 @@ class EmbedItemPieces(EmbedItems):
         self.rows_per_call, self.columns = rows_per_call, columns
 
     def __call__(self, pieces: pa.Table):
-        from semrec.data.io import read_row_group
-
-        for piece in pieces.to_pylist():
-            table = read_row_group(piece["path"], piece["row_group"], self.columns)
-            table = table.slice(piece["start"], piece["rows"])
-            for start in range(0, table.num_rows, self.rows_per_call):
-                yield self.embed(table.slice(start, self.rows_per_call))
+        for table in piece_slices(pieces, self.columns, self.rows_per_call):
+            yield self.embed(table)
 
 
 class EncodeCodes:
@@ -175,10 +181,5 @@ class UserStatePieces(UserStates):
         self.rows_per_call = rows_per_call
 
     def __call__(self, pieces: pa.Table):
-        from semrec.data.io import read_row_group
-
-        for piece in pieces.to_pylist():
-            table = read_row_group(piece["path"], piece["row_group"], ["user_id", "item_ids"])
-            table = table.slice(piece["start"], piece["rows"])
-            for start in range(0, table.num_rows, self.rows_per_call):
-                yield super().__call__(table.slice(start, self.rows_per_call))
+        for table in piece_slices(pieces, ["user_id", "item_ids"], self.rows_per_call):
+            yield super().__call__(table)
