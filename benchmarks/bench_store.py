@@ -75,8 +75,8 @@ def test_store_on_a_beauty_subset(benchmark, ray_local):
             "--eval.valid_fraction", "0.02", "--eval.test_users", str(TEST_USERS), "--eval.score_users", "50",
             *cpus])
         _once(WORK / "tiger-tokens", tokenize, [
-            "--items", str(items), "--quantizer.kind", "rqvae", "--quantizer.codebook_size", "64", "--quantizer.levels", "3",
-            "--no-plots"])
+            "--items", str(items), "--encoder.empty_text", "id", "--quantizer.kind", "rqvae", "--quantizer.codebook_size",
+            "64", "--quantizer.levels", "3", "--no-plots"])
         tiger = _once(WORK / "tiger", generative, [
             "--sequences", str(seqs), "--tokens", str(WORK / "tiger-tokens"), "--dataset", "beauty-sub",
             "--run_dir", str(WORK / "ray_train"), "--train.epochs", "30", "--train.batch_size", "128",
@@ -121,6 +121,7 @@ def test_store_without_dense_tokenizer(benchmark, ray_local):
     def run_all():
         _once(WORK / "meanpool-tokens", tokenize, [
             "--items", str(data / "items"), "--encoder.model_path", str(MODEL), "--encoder.batch_size", "32",
+            "--encoder.empty_text", "id",
             "--quantizer.kind", "rqvae", "--quantizer.codebook_size", str(CODEBOOK), "--quantizer.levels", "4",
             "--no-plots"])
         return _once(WORK / "meanpool-rec", _sub("recommend"), [

@@ -153,8 +153,24 @@ def test_tokenizer_then_recommender_end_to_end(ray_local, tiny_lm, tmp_path):
     assert emb["items"] == N_ITEMS and 0 <= emb["metrics"]["test_accuracy"] <= 1
     import pyarrow.parquet as pq
 
-    table = pq.read_table(tok / "item_embeddings")
+    table = pq.read_table(tok / "item_embeddings").sort_by("item_id")
     assert table.num_rows == N_ITEMS and table.schema.field("embedding").type.list_size == 3 * 32
+    # `embed` (Ray Data actors, length-sorted forward passes of 7) == the tokenizer job's pass == one item at a
+    # time through the plain model
+    assert main(["embed", "--items", str(items), "--tokenizer", str(tok), "--output", str(tmp_path / "emb"),
+                 "--batch_size", "7", "--ray.actors", "1"]) == 0
+    again = pq.read_table(tmp_path / "emb" / "item_embeddings").sort_by("item_id")
+    vec = lambda t: np.stack(t.column("embedding").to_numpy(zero_copy_only=False))  # noqa: E731
+    assert again.column("item_id").equals(table.column("item_id"))
+    np.testing.assert_allclose(vec(again), vec(table), rtol=1e-4, atol=1e-5)
+    from semrec.models.store import content_ids, field_texts, load_dense_tokenizer, pad_right
+
+    model, hf_tok, spec = load_dense_tokenizer(tok)
+    texts = field_texts(pq.read_table(items).sort_by("item_id"), spec["content_fields"])
+    with torch.no_grad():
+        one = [model.dense_outputs(*pad_right([c], hf_tok.pad_token_id)).reshape(-1).numpy()
+               for c in content_ids(hf_tok, texts, spec["content_fields"], spec["max_content_tokens"])]
+    np.testing.assert_allclose(vec(table), np.stack(one), rtol=1e-4, atol=1e-5)
     # the recommender on the merged backbone, both stages, every evaluation
     out = tmp_path / "rec"
     assert main(["recommend", "--sequences", str(seqs), "--tokens", str(tokens), "--items", str(items),
@@ -192,6 +208,17 @@ def test_trie_decoding_returns_only_real_items_each_once(tiny_lm, tmp_path):
         assert np.all(np.diff(sc) <= 1e-6)  # best first
     loose, _ = fam.decode(model, prompts, constraint="position")
     assert loose.shape == got.shape
+
+
+def test_embed_refuses_a_folder_that_is_no_tokenizer_output(tiny_lm, tmp_path, capsys):
+    from semrec.pipelines.store import main
+
+    items, _, _ = _data(tmp_path)
+    out = tmp_path / "emb"
+    assert main(["embed", "--items", str(items), "--tokenizer", str(tiny_lm), "--output", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "not a store tokenizer output (tokenizer/config.json is missing)" in err and "nothing was published" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("case", ["duplicate codes", "no weights", "unknown item", "code outside vocabulary"])

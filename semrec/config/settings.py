@@ -643,6 +643,17 @@ class StoreTokenizerSettings(RayTrainJobSettings):
     ray: RaySettings = RaySettings()
 
 
+class StoreEmbedSettings(JobSettings):
+    """Embed a catalogue with a trained STORE dense tokenizer (a ``store.py tokenizer`` output): item_embeddings/
+    (item_id, v x D floats) for tokenize_items --quantizer.kind pcakmeans, streamed through Ray Data actors."""
+
+    items: Path = Field(..., description="items Parquet (item_id and the tokenizer's content fields)")
+    tokenizer: Path = Field(..., description="a store.py tokenizer output folder (tokenizer/ + backbone/)")
+    output: Path = Field(Path("out/store/embeddings"), description="output folder (replaced atomically)")
+    batch_size: int = Field(32, ge=1, description="items per forward pass")
+    ray: RaySettings = RaySettings()
+
+
 class StoreEvalSettings(Section):
     beam: int = Field(20, ge=1, description="beam size of the trie-constrained search (Recall@k needs beam >= k)")
     batch_users: int = Field(8, ge=1, description="users decoded together")

@@ -65,6 +65,24 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32):
     return model, load_tokenizer(p)
 
 
+def field_texts(table, fields: list[str], where: str = "items") -> dict[str, list[str]]:
+    """field -> one string per row of a pyarrow items table; list fields (categories) joined with ', ', nulls
+    as ''. A missing field is an error naming ``where`` and the columns."""
+    missing = [f for f in fields if f not in table.column_names]
+    if missing:
+        raise InputError(f"{where}: items table has no column {missing[0]!r} (columns: {table.column_names})")
+    return {f: [", ".join(x for x in v if x) if isinstance(v, list) else (v or "")
+                for v in table.column(f).to_pylist()] for f in fields}
+
+
+def content_ids(tok, texts: dict[str, list[str]], fields: list[str], max_tokens: int) -> list[list[int]]:
+    """The content block of each item: "field: text" of its non-empty ``fields`` joined by spaces, tokenized
+    without special tokens and truncated to ``max_tokens`` (an item with no text has an empty block)."""
+    n = len(texts[fields[0]]) if fields else 0
+    strings = [" ".join(f"{f}: {texts[f][i]}" for f in fields if texts[f][i]) for i in range(n)]
+    return [x[:max_tokens] for x in tok(strings, add_special_tokens=False)["input_ids"]] if n else []
+
+
 def base_of(lm: nn.Module) -> nn.Module:
     """The ``*ForCausalLM`` under a peft wrapper (or ``lm`` itself)."""
     return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
@@ -140,6 +158,19 @@ class DenseTokenizer(nn.Module):
                          content_len[:, None] + torch.arange(self.v, device=content.device)[None]], 1)
         return self._hidden(embeds, mask, pos)[:, c:]
 
+    @torch.no_grad()
+    def embed(self, content: list[list[int]], pad: int, batch_size: int) -> np.ndarray:
+        """Item embeddings: (n, v * D) float32, the flattened ``dense_outputs`` of each content block, in the
+        order given. Blocks are run in forward passes of ``batch_size`` sorted by length (less padding; the
+        mask and position ids make the result independent of the padding)."""
+        order = np.argsort([len(c) for c in content], kind="stable")
+        out = np.empty((len(content), self.v * self.dense.shape[1]), np.float32)
+        for a in range(0, len(order), batch_size):
+            rows = order[a:a + batch_size]
+            ids, lens = pad_right([content[r] for r in rows], pad)
+            out[rows] = self.dense_outputs(ids, lens).reshape(len(rows), -1).float().numpy()
+        return out
+
     def _answer_loss(self, hidden: torch.Tensor, answer: torch.Tensor, answer_len: torch.Tensor,
                      start: int) -> torch.Tensor:
         """Sum of the next-token losses of the answers: the state at ``start + j`` predicts answer[j]."""
@@ -202,6 +233,68 @@ class DenseTokenizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- recommender
+# ----------------------------------------------------------------------------- the tokenizer artefact
+DENSE_FILE, DENSE_CONFIG = "dense_tokens.safetensors", "config.json"
+
+
+def save_dense_tokenizer(model: DenseTokenizer, root: Path, spec: dict) -> None:
+    """Write a trained tokenizer under ``root`` (a ``store.py tokenizer`` output): ``tokenizer/`` (the LoRA
+    adapter, the dense and task embeddings, ``spec`` as config.json) and ``backbone/`` (the LoRA merged, with
+    the tokenizer files: what ``load_dense_tokenizer`` and the recommender load). ``model.lm`` is merged in
+    place, so save last."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tdir = Path(root) / "tokenizer"
+    model.lm.save_pretrained(str(tdir / "adapter"))
+    save_file({"dense": model.dense.detach().contiguous(), "tasks": model.tasks.detach().contiguous()},
+              str(tdir / DENSE_FILE))
+    (tdir / DENSE_CONFIG).write_text(json.dumps(spec, indent=2) + "\n")
+    merged = model.lm.merge_and_unload() if hasattr(model.lm, "merge_and_unload") else model.lm
+    base_of(merged).save_pretrained(str(Path(root) / "backbone"))
+    load_tokenizer(spec["model_path"]).save_pretrained(str(Path(root) / "backbone"))
+
+
+def check_dense_tokenizer(root: str | Path) -> dict:
+    """The spec of a ``store.py tokenizer`` output, or an ``InputError`` naming what is missing (no weights
+    are read)."""
+    import json
+
+    root = Path(root)
+    for f in (root / "tokenizer" / DENSE_CONFIG, root / "tokenizer" / DENSE_FILE):
+        if not f.is_file():
+            raise InputError(f"{root}: not a store tokenizer output ({f.relative_to(root)} is missing)")
+    check_model_dir(root / "backbone")
+    spec = json.loads((root / "tokenizer" / DENSE_CONFIG).read_text())
+    missing = [k for k in ("v", "tasks", "content_fields", "max_content_tokens") if k not in spec]
+    if missing:
+        raise InputError(f"{root / 'tokenizer' / DENSE_CONFIG}: no {missing[0]!r}")
+    return spec
+
+
+def load_dense_tokenizer(root: str | Path, dtype: torch.dtype = torch.float32):
+    """(DenseTokenizer in eval mode, HF tokenizer, spec) from a ``store.py tokenizer`` output: the merged
+    ``backbone/`` plus ``tokenizer/dense_tokens.safetensors`` (no peft needed at inference). Missing pieces are
+    an ``InputError`` naming the file."""
+    import json
+
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    spec = check_dense_tokenizer(root)
+    lm, tok = load_causal_lm(root / "backbone", dtype)
+    state = load_file(str(root / "tokenizer" / DENSE_FILE))
+    model = DenseTokenizer(lm, spec["v"], len(spec["tasks"]))
+    if tuple(state["dense"].shape) != tuple(model.dense.shape):
+        raise InputError(f"{root}: dense tokens {tuple(state['dense'].shape)} do not fit the backbone "
+                         f"(v = {spec['v']}, hidden {model.dense.shape[1]})")
+    with torch.no_grad():
+        model.dense.copy_(state["dense"])
+        model.tasks.copy_(state["tasks"])
+    return model.eval().requires_grad_(False), tok, spec
+
+
 def code_token_strings(sizes: list[int]) -> list[str]:
     return [f"<c{level}_{code}>" for level, size in enumerate(sizes) for code in range(size)]
 

