@@ -37,13 +37,18 @@ def ray_local():
     ray.shutdown()
 
 
-_RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\([^)]*pid=\d+[^)]*\)")
+# "(RayTrainWorker pid=12, ip=...)", "(MapWorker(MapBatches(EncodeCodes)) pid=12)" (an actor name with
+# parentheses) and "(pid=gcs_server)", each maybe wrapped in an ANSI colour
+_RAY_WORKER_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((?:\S+ )?pid=\w+[^)]*\)")
+_PROGRESS_BAR = re.compile(r"^[^:|]+: +\d+%\|")  # Ray Data's tqdm bars, e.g. "Parquet dataset sampling:  0%|"
 
 
 def own_lines(stderr: str) -> list[str]:
     """The lines a job printed itself: Ray forwards its worker processes' logs (prefixed "(Name pid=N)")
-    to the driver's stderr, and those carry Ray's own noise (e.g. a thread interrupted at shutdown)."""
-    return [line for line in stderr.strip().splitlines() if not _RAY_WORKER_LINE.match(line)]
+    to the driver's stderr, and those carry Ray's own noise (e.g. a thread interrupted at shutdown, or an
+    earlier job's actor that was still starting when its dataset finished), and Ray Data's progress bars."""
+    return [line for line in stderr.strip().splitlines()
+            if line.strip() and not _RAY_WORKER_LINE.match(line) and not _PROGRESS_BAR.match(line)]
 
 
 def clustered(n: int = 3000, d: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:

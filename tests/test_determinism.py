@@ -1,53 +1,14 @@
-"""Same input, seed and settings => byte-identical token table at the default thread count and single-threaded
-(OMP_NUM_THREADS=1, as a `ray job submit` driver runs); run to run at default threads (here for the fit, and
-for the whole job in test_tokenize_job.py); embeddings independent of batching; fits leave the caller's RNG
-alone. Before the fix, two 2-thread RQ-VAE fits already differed."""
-
-import json
-import os
-import subprocess
-import sys
+"""Same seed and settings => the same bits: RQ-VAE fits at one and two threads, run to run (here for the fit,
+and for the whole job in test_tokenize_job.py); embeddings independent of batching; fits leave the caller's RNG
+alone. Before the fix, two 2-thread RQ-VAE fits already differed. The Beauty-sized whole-job check (default
+threads against a single-threaded process, ~1.7 min) is in benchmarks/bench_slow_runs.py."""
 
 import numpy as np
-import pytest
 import torch
 
-from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard
-from semrec.pipelines.tokenize_items import main as tokenize_main
 from semrec.quant import RQVAE, ResidualKMeans
-from helpers import ROOT, clustered
-
-BEAUTY_ITEMS, MINILM_DIM = 12_101, 384  # Amazon Beauty's catalogue size and the bundled encoder's width
-
-
-def table_digests(out):
-    manifest = json.loads((out / "token_table" / "_MANIFEST.json").read_text())
-    return ([(f["path"], f["sha256"]) for f in manifest["files"]],
-            json.loads((out / "report.json").read_text())["quantizer"]["id"])
-
-
-def test_beauty_sized_default_rqvae_is_byte_identical_at_default_threads_and_single_threaded(ray_local, tmp_path):
-    emb = tmp_path / "emb"
-    emb.mkdir()
-    world = World(seed=3, embedding_dim=MINILM_DIM)
-    for k, (a, b) in enumerate([(1, 6001), (6001, BEAUTY_ITEMS + 1)]):
-        write_table(item_shard(world, a, b, with_text=False), emb / f"part-{k}.parquet")
-    # the default RQ-VAE (3 x 256, hybrid distance) for 20 of its 100 epochs, the length at which 2-thread fits
-    # differed before the fix (README, Determinism): thread-dependent accumulation changes bits at every step,
-    # and 100 epochs twice cost ~4 minutes of CI
-    args = ["--embeddings", str(emb), "--no-plots", "--quantizer.kind", "rqvae", "--quantizer.epochs", "20"]
-    assert torch.get_num_threads() > 1 or os.cpu_count() == 1  # this process runs at the default thread count
-    assert tokenize_main([*args, "--output", str(tmp_path / "default")]) == 0
-    # then single-threaded, as a `ray job submit` driver runs, in its own process (one after the other: two
-    # fits sharing 2 cores spin-wait and take twice as long)
-    single = subprocess.run([sys.executable, str(ROOT / "jobs" / "tokenize_items.py"), *args,
-                             "--output", str(tmp_path / "single")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr[-3000:]
-    assert table_digests(tmp_path / "default") == table_digests(tmp_path / "single")
-    assert (tmp_path / "default" / "quantizer" / "weights.safetensors").read_bytes() == \
-        (tmp_path / "single" / "quantizer" / "weights.safetensors").read_bytes()
+from helpers import clustered
 
 
 def test_fit_leaves_the_global_rng_alone_and_restores_determinism_flags():

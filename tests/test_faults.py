@@ -1,9 +1,8 @@
 """A transient read error in one block of a Ray Data read (and in an embedding actor's own row-group read): retried (``TRANSIENT_IO_ERRORS`` in the DataContext
 that ``init_ray`` configures), and the read is complete. The filesystem is a real local one wrapped so that the
-open of one file's data in a Ray worker process fails once with EIO (marker files count the opens across the
-worker processes; the file's first worker-side open is Ray's footer read, which Ray retries only on its own
-default error list -- its FooterReader does not read DataContext.retried_io_errors -- so the fault is put on the
-block read after it)."""
+first open of one file in a Ray worker process fails once with EIO (a marker file records it across the worker
+processes). Through the V1 Parquet datasource that ``init_ray`` selects (``use_parquet_v2``), the footers are
+read on the driver and that first worker-side open is the block read, which retries ``retried_io_errors``."""
 
 import errno
 import os
@@ -29,11 +28,8 @@ class FlakyOnce(pafs.FSSpecHandler):
         import os
 
         if path.endswith(self.victim) and os.getpid() != self.driver and not os.path.exists(self.marker):
-            footer_read = self.marker + ".footer"
-            if os.path.exists(footer_read):
-                open(self.marker, "w").close()
-                raise OSError(errno.EIO, "Input/output error", path)
-            open(footer_read, "w").close()
+            open(self.marker, "w").close()
+            raise OSError(errno.EIO, "Input/output error", path)
         return super().open_input_file(path)
 
 
@@ -86,3 +82,16 @@ def test_the_embedding_actors_retry_a_transient_row_group_read(tmp_path, monkeyp
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises((OSError, pa.ArrowException)):
         io.read_row_group(str(tmp_path / "bad.parquet"), 0)
+
+
+def test_reads_take_the_v1_parquet_datasource_unless_the_environment_asks_for_v2(ray_local, monkeypatch):
+    import ray.data
+
+    from semrec.pipelines.runtime import use_parquet_v2
+
+    assert ray.data.DataContext.get_current().use_datasource_v2 is False  # what init_ray set
+    monkeypatch.delenv("RAY_DATA_USE_DATASOURCE_V2", raising=False)
+    assert not use_parquet_v2()
+    for value, v2 in [("1", True), ("true", True), ("0", False), ("False", False)]:
+        monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", value)
+        assert use_parquet_v2() is v2

@@ -1,4 +1,5 @@
-"""train_seqrec on Ray Train: modes, resume after a kill, 2 workers vs 1, bad input, a Beauty slice."""
+"""train_seqrec on Ray Train: modes, resume after a kill, 2 workers vs 1, bad input (the Beauty slice run is in
+benchmarks/bench_slow_runs.py)."""
 
 import contextlib
 import json
@@ -19,7 +20,7 @@ from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard, sequence_shard
 from semrec.models.sasrec import from_pretrained
 from semrec.pipelines.train_seqrec import main
-from helpers import ROOT, shared
+from helpers import ROOT
 
 N_ITEMS = 400
 FAST = ["--model.hidden", "32", "--model.max_len", "20", "--model.dropout", "0.2", "--train.batch_size", "128",
@@ -250,21 +251,6 @@ def test_bad_input(synthetic, tmp_path, capsys, case):
     assert "train_seqrec: error: " in err and err.rstrip().endswith("nothing was published"), err[-2000:]
     assert not out.exists()
     assert not (tmp_path.parent / "x").exists()
-
-
-@pytest.mark.realdata
-def test_beauty_slice_end_to_end(ray_local, tmp_path):
-    """A small real run inside CI: 3,000 Beauty users, id mode, a few epochs."""
-    from semrec.data.adapters import s3rec_sequences
-
-    seqs = s3rec_sequences(shared("amazon_beauty", "Beauty.txt"))["user_sequences"].slice(0, 3000)
-    write_table(seqs, tmp_path / "seq.parquet")
-    out = tmp_path / "out"
-    assert main(["--sequences", str(tmp_path / "seq.parquet"), "--n_items", "12101", "--output", str(out),
-                 "--run_dir", str(tmp_path / "runs"), "--eval.negatives_dir", str(tmp_path / "neg"),
-                 "--dataset", "beauty3000", "--train.epochs", "8"]) == 0
-    m = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert m["test_HIT@10"] > 0.2  # well above the 0.10 of a random ranking
 
 
 def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, killed: list) -> None:

@@ -17,6 +17,7 @@ from semrec.data.io import parquet_files, read_schema, write_manifest, write_tab
 from semrec.data.partition import hash_partition, map_partitions, read_partition, retry_lost
 from semrec.errors import InputError
 from semrec.pipelines.udfs import EncodeCodes, embedding_matrix
+from semrec.quant import load_quantizer
 from semrec.quant.metrics import counts_stats, group_size_stats
 from semrec.schemas import token_table_schema
 from semrec.tokenizers.collisions import assign_suffix
@@ -118,7 +119,7 @@ def quantize(emb_ds, n: int, qs, seed: int, sample_size: int, stage: Path, work:
     # assign every row (streaming, one quantizer per actor) into hash partitions of the code tuple
     t0 = time.perf_counter()
     codes_ds = emb_ds.map_batches(EncodeCodes, batch_format="pyarrow", batch_size=rs.batch_size,
-                                  fn_constructor_args=(str(qdir), threads, key),
+                                  fn_constructor_args=(load_quantizer(qdir), threads, key),  # what was published
                                   compute=ray.data.ActorPoolStrategy(size=rs.actors), num_cpus=rs.cpus_per_actor,
                                   max_restarts=rs.actor_restarts)
     hash_partition(codes_ds, [f"c{j}" for j in range(q.levels)], work / "codes", partitions)

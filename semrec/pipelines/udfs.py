@@ -115,16 +115,19 @@ class DenseEmbedItemPieces:
 
 
 class EncodeCodes:
-    """item/user embeddings batch -> (``key``, c0..c{L-1}) with the fitted quantizer loaded once per actor."""
+    """item/user embeddings batch -> (``key``, c0..c{L-1}) with the fitted quantizer, sent once per actor.
 
-    def __init__(self, quantizer_dir: str, threads: int | None = None, key: str = "item_id"):
+    The quantizer comes by value (as loaded back from its saved files by the driver), not as a path: an actor of
+    the pool that is still starting when its Dataset finishes would otherwise read the path after the job had
+    published (moved) the folder holding it, and die with a "cannot read quantizer config" traceback printed
+    after the job's success."""
+
+    def __init__(self, quantizer, threads: int | None = None, key: str = "item_id"):
         import torch
-
-        from semrec.quant import load_quantizer
 
         if threads:
             torch.set_num_threads(threads)
-        self.q = load_quantizer(Path(quantizer_dir))
+        self.q = quantizer
         self.types, self.key = self.q.code_dtypes(), key
 
     def __call__(self, batch: pa.Table) -> pa.Table:
