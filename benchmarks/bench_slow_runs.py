@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, shared
+from helpers import ROOT, manifest_digests, shared
 from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard
 
@@ -70,9 +70,7 @@ def test_beauty_slice_end_to_end(ray_local, tmp_path):
 
 
 def _table_digests(out):
-    manifest = json.loads((out / "token_table" / "_MANIFEST.json").read_text())
-    return ([(f["path"], f["sha256"]) for f in manifest["files"]],
-            json.loads((out / "report.json").read_text())["quantizer"]["id"])
+    return manifest_digests(out), json.loads((out / "report.json").read_text())["quantizer"]["id"]
 
 
 def test_beauty_sized_default_rqvae_is_byte_identical_at_default_threads_and_single_threaded(ray_local, tmp_path):

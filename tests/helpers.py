@@ -1,5 +1,6 @@
 """Shared test helpers and fixtures (imported by tests/conftest.py and benchmarks/conftest.py)."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -49,6 +50,11 @@ def own_lines(stderr: str) -> list[str]:
     earlier job's actor that was still starting when its dataset finished), and Ray Data's progress bars."""
     return [line for line in stderr.strip().splitlines()
             if line.strip() and not _RAY_WORKER_LINE.match(line) and not _PROGRESS_BAR.match(line)]
+
+
+def manifest_digests(out: Path, table: str = "token_table") -> list[tuple[str, str]]:
+    """(path, sha256) of every file a published table's ``_MANIFEST.json`` lists: equal lists = byte-identical."""
+    return [(f["path"], f["sha256"]) for f in json.loads((out / table / "_MANIFEST.json").read_text())["files"]]
 
 
 def clustered(n: int = 3000, d: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ from semrec.data.io import write_table
 from semrec.data.output import OUTPUT_MANIFEST
 from semrec.pipelines.tokenize_items import main
 from semrec.schemas import decode_metadata
-from helpers import ROOT, clustered, embeddings_table
+from helpers import ROOT, clustered, embeddings_table, manifest_digests
 
 FAST_RQVAE = ["--quantizer.kind", "rqvae", "--quantizer.codebook_size", "32", "--quantizer.latent_dim", "8",
               "--quantizer.hidden", "[64]", "--quantizer.epochs", "5", "--ray.batch_size", "700"]
@@ -75,8 +75,7 @@ def test_token_table_opens_in_duckdb(ray_local, emb_input, tmp_path):
 
 def test_same_seed_gives_byte_identical_token_table(ray_local, emb_input, tmp_path):
     def digests(out):
-        m = json.loads((out / "token_table" / "_MANIFEST.json").read_text())
-        return [(f["path"], f["sha256"]) for f in m["files"]], (out / "quantizer" / "weights.safetensors").read_bytes()
+        return manifest_digests(out), (out / "quantizer" / "weights.safetensors").read_bytes()
 
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
