@@ -21,7 +21,8 @@ from test_tokenize_users import item_tokens
 N_ITEMS, TOPICS = 400, 8
 SMALL = ["--model.embedding_dim", "8", "--model.hidden", "[32]", "--model.hidden2", "[16]", "--model.gate_hidden",
          "[16]", "--model.max_len", "10", "--model.encoder_dropout", "0", "--train.epochs", "4",
-         "--train.batch_size", "256", "--train.lr", "3e-3", "--train.patience", "4"]
+         "--train.batch_size", "256", "--train.lr", "3e-3", "--train.patience", "4",
+         "--train.num_workers", "0"]  # in-process: the paradigms are the subject, not the worker group
 
 
 def _vectors(ids, x, key):

@@ -57,7 +57,7 @@ def _data(tmp_path, n_items=300, users=400, seed=0):
 
 ARGS = ["--model.dim", "32", "--model.heads", "2", "--model.encoder_layers", "1", "--model.decoder_layers", "1",
         "--model.ffn", "64", "--model.max_items", "8", "--train.epochs", "6", "--train.batch_size", "128",
-        "--train.lr", "3e-3", "--eval.beam", "20"]
+        "--train.lr", "3e-3", "--eval.beam", "20", "--train.num_workers", "0"]  # in-process
 
 
 def test_train_generative_learns_decodes_real_items_and_reloads_to_the_same_metrics(ray_local, tmp_path):

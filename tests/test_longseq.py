@@ -228,7 +228,8 @@ def test_din_reads_only_behaviours():
 # ----------------------------------------------------------------------------- through the jobs
 LONG = ["--model.embedding_dim", "8", "--model.hidden", "[32]", "--model.max_len", "150", "--model.codebooks", "2",
         "--model.codewords", "8", "--model.din_hidden", "[16]", "--model.top_k", "20", "--train.epochs", "2",
-        "--train.batch_size", "512", "--train.lr", "3e-3", "--model.anneal_steps", "50"]
+        "--train.batch_size", "512", "--train.lr", "3e-3", "--model.anneal_steps", "50",
+        "--train.num_workers", "0"]  # in-process (Ray Train local mode)
 
 
 @pytest.fixture(scope="module")
@@ -617,7 +618,8 @@ def test_alimama_rows_smoke_dmqn_end_to_end(ray_local, tmp_path, capsys):
     assert 40 <= np.mean([len(h) for h in hist["item_ids"]]) <= 50  # ~49.8 real behaviours per row
     args = ["--train_data", d / "train", "--test_data", d / "test", "--histories", d / "histories", "--paradigm",
             "dmqn", "--output", tmp_path / "m", "--run_dir", tmp_path / "runs", "--model.max_len", "50", *LONG[:2],
-            "--model.hidden", "[32]", "--model.codebooks", "2", "--model.codewords", "8", "--train.epochs", "2"]
+            "--model.hidden", "[32]", "--model.codebooks", "2", "--model.codewords", "8", "--train.epochs", "2",
+            "--train.num_workers", "0"]
     assert train([str(a) for a in args]) == 0
     assert 0 < json.loads((tmp_path / "m" / "metrics.json").read_text())["metrics"]["test_AUC"] < 1
     assert _build_cache(tmp_path / "m" / "model", d / "histories", tmp_path / "c", "--dtype", "float32") == 0

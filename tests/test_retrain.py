@@ -51,6 +51,7 @@ tokens = "{{items}}"
 "train.epochs" = {epochs}
 "train.lr" = {lr}
 "train.batch_size" = 128
+"train.num_workers" = 0
 "eval.negatives_dir" = "{root}/negatives"
 dataset = "synthetic"
 """

@@ -139,7 +139,7 @@ def _data(tmp_path, n_items=N_ITEMS, users=40, seed=0):
 
 
 SMALL = ["--lora.rank", "4", "--lora.alpha", "8", "--train.batch_size", "8", "--train.max_steps_per_epoch", "2",
-         "--train.cpus_per_worker", "1"]
+         "--train.num_workers", "0"]  # in-process
 
 
 def test_tokenizer_then_recommender_end_to_end(ray_local, tiny_lm, tmp_path):

@@ -18,7 +18,8 @@ N_ITEMS, TOPICS = 600, 8
 SMALL = ["--model.hidden", "16", "--model.layers", "1", "--model.heads", "1", "--model.item_dim", "16",
          "--model.max_len", "12", "--model.dropout", "0", "--train.epochs", "6", "--train.batch_size", "32",
          "--train.lr", "3e-3", "--valid_fraction", "0.1", "--quantizer.kind", "rkmeans",
-         "--quantizer.codebook_size", "8", "--quantizer.levels", "2", "--ray.batch_size", "128", "--no-plots"]
+         "--quantizer.codebook_size", "8", "--quantizer.levels", "2", "--ray.batch_size", "128", "--no-plots",
+         "--train.num_workers", "0"]  # the autoencoder trains in-process (Ray Train local mode)
 
 
 def item_tokens(path, n_items=N_ITEMS, sizes=(TOPICS, 16), qid="itemq-1"):

@@ -50,7 +50,8 @@ def _args(d: Path, out: Path, *extra) -> list[str]:
 @pytest.mark.parametrize("name", ["lr", "finalmlp"])  # DCN and DeepFM: the same job path (bench_ctr runs all)
 def test_models_train_publish_and_load(data, tmp_path, name):
     out = tmp_path / "out"
-    assert main(_args(data, out, "--model.name", name, "--train.epochs", "8", "--train.patience", "3")) == 0
+    assert main(_args(data, out, "--model.name", name, "--train.epochs", "8", "--train.patience", "3",
+                      "--train.num_workers", "0")) == 0
     report = json.loads((out / "metrics.json").read_text())
     auc = report["metrics"]["test_AUC"]
     assert auc > 0.75, auc  # the Bayes-optimal AUC of this rule is about 0.9; random is 0.5
@@ -68,6 +69,22 @@ def test_two_workers_finish_on_an_uneven_split(data, tmp_path):
                       "--train.num_workers", "2", "--train.cpus_per_worker", "0.5")) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["workers"] == 2 and report["epochs_run"] == 2 and 0.5 < report["metrics"]["test_AUC"] <= 1
+
+
+def test_an_in_process_run_matches_one_ray_train_worker(data, tmp_path):
+    """--train.num_workers 0 (Ray Train's local mode) runs the same engine in the job's process: the same
+    metrics as one worker for the same seed, and the engine keeps the newest two checkpoints itself."""
+    reports = {}
+    for workers in ("0", "1"):
+        out = tmp_path / workers
+        assert main(_args(data, out, "--model.name", "finalmlp", "--train.epochs", "3", "--train.patience", "3",
+                          "--train.num_workers", workers, "--run_name", f"workers{workers}")) == 0
+        reports[workers] = json.loads((out / "metrics.json").read_text())
+    local, worker = (reports[w]["metrics"] for w in ("0", "1"))
+    assert reports["0"]["workers"] == 0 and local["test_AUC"] > 0.75
+    assert {k: v for k, v in local.items() if k.startswith(("test_", "final_valid_", "valid_"))} == \
+        {k: v for k, v in worker.items() if k.startswith(("test_", "final_valid_", "valid_"))}
+    assert sorted(p.name for p in (data / "runs" / "workers0").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
 
 
 @pytest.mark.parametrize("case", ["width", "label", "vocabulary", "run name", "diverged"])
@@ -88,7 +105,7 @@ def test_bad_input(data, tmp_path, capsys, case):
     else:
         extra, message = ["--train.lr", "1e30", "--train.epochs", "2"], "non-finite (NaN/inf)"
     out = tmp_path / "out"
-    args = _args(data, out, "--model.name", "deepfm", "--train.epochs", "1")
+    args = _args(data, out, "--model.name", "deepfm", "--train.epochs", "1", "--train.num_workers", "0")
     if extra[0] == "--test_data":
         args[3] = str(extra[1])
         extra = extra[2:]

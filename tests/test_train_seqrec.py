@@ -51,7 +51,8 @@ def _args(d: Path, out: Path, *extra) -> list[str]:
 @pytest.mark.parametrize("mode", ["id", "semantic", "unified", "joint"])
 def test_modes_train_and_publish(synthetic, tmp_path, mode):
     out = tmp_path / "out"
-    extra = ["--model.mode", mode, "--train.epochs", "3"] + (["--tokens", synthetic / "tokens"] if mode != "id" else [])
+    extra = ["--model.mode", mode, "--train.epochs", "3", "--train.num_workers", "0"]  # in-process
+    extra += ["--tokens", synthetic / "tokens"] if mode != "id" else []
     if mode == "joint":
         extra += ["--embeddings", synthetic / "emb.parquet"]
     assert main(_args(synthetic, out, *extra)) == 0
@@ -146,13 +147,19 @@ def test_resume_after_kill_with_two_workers_matches_uninterrupted_run(synthetic,
     assert resumed["test_NDCG@10"] == pytest.approx(full["test_NDCG@10"], abs=1e-6)
 
 
-def test_a_resumed_run_whose_epoch_cap_is_reached_evaluates_its_best_checkpoint(synthetic, tmp_path):
-    common = ["--train.patience", "50", "--train.seed", "6"]
+def test_a_resumed_run_whose_epoch_cap_is_reached_evaluates_its_best_checkpoint(synthetic, tmp_path, capsys):
+    """In-process (--train.num_workers 0): the engine's own checkpoints resume a killed run; Ray Train's
+    restore of a worker run is the 2-worker test above."""
+    common = ["--train.patience", "50", "--train.seed", "6", "--train.num_workers", "0"]
     killed = kill_after_epoch(synthetic, tmp_path, _args(synthetic, tmp_path / "o", "--train.epochs", "50", *common),
                               "capped", 2)
     assert killed["epoch"] >= 2
-    # cap the run below what it has trained (e.g. it was taking too long): Ray Train restores the newest
-    # checkpoint it registered (epoch >= 1 here), whose epoch already reaches the cap of 2
+    # Ray Train cannot restore an in-process run on workers: said, not silently started over
+    assert main(_args(synthetic, tmp_path / "o", "--train.epochs", 2, *common, "--run_name", "capped",
+                      "--train.num_workers", "1")) != 0
+    assert "was trained in-process (--train.num_workers 0)" in capsys.readouterr().err
+    # cap the run below what it has trained (e.g. it was taking too long): the newest complete checkpoint
+    # (epoch >= 2 here) already reaches the cap of 2
     assert main(_args(synthetic, tmp_path / "o", "--train.epochs", 2, *common, "--run_name", "capped")) == 0
     report = json.loads((tmp_path / "o" / "metrics.json").read_text())
     restored = {m["epoch"]: m for m in (json.loads(p.read_text()) for p in

@@ -270,7 +270,9 @@ class TrainSettings(Section):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     patience: int = Field(10, ge=1, description="epochs without a better validation NDCG@10 before stopping")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo on CPU, NCCL on GPU)")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers (DDP over gloo on CPU, NCCL on GPU); 0: "
+                                                  "in the job's own process (Ray Train's local mode: no worker "
+                                                  "start-up, no recovery from a lost process)")
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker")
     threads: int | None = Field(None, ge=1, description="torch threads per worker (default: ceil(cpus_per_worker))")

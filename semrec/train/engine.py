@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import threading
@@ -47,6 +48,8 @@ from semrec.errors import SemrecError, find_semrec_error, user_message
 
 log = logging.getLogger("semrec.train")
 STATE_FILE = "state.pt"
+KEEP_CHECKPOINTS = 2  # the newest checkpoints a run keeps (launch's CheckpointConfig; in-process runs alike)
+LOCAL_RUN_DIR = "local_run_dir"  # set by launch in the train settings of an in-process run: its folder
 PROGRESS_EVERY_S = 60.0
 META_FILE = "checkpoint.json"
 
@@ -180,8 +183,7 @@ def fit(make_family: Callable[[], Family], train: dict, rank: int, world: int,
     met while it loads its data is agreed on too) with the settings ``train`` (TrainSettings as a dict) inside
     a Ray Train worker; a deterministic error agreed on by every rank is reported as the final result
     (``failed``), not raised."""
-    import ray.train
-
+    threads = torch.get_num_threads()
     try:
         _fit(make_family, train, rank, world, device)
     except _Agreed as agreed:
@@ -189,12 +191,12 @@ def fit(make_family: Callable[[], Family], train: dict, rank: int, world: int,
         if rank == 0:
             log.error("stopping the run (not retried: the same input fails the same way): %s", message)
         failure = {"failed": kind, "error": message, "exit_code": exit_code, "done": True}
-        with tempfile.TemporaryDirectory() as d:  # Ray Train's result carries the metrics of checkpointed reports
-            checkpoint = None
-            if rank == 0:
-                (Path(d) / META_FILE).write_text(json.dumps(failure))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(failure, checkpoint=checkpoint)
+        # Ray Train's result carries the metrics of checkpointed reports
+        report_checkpoint(train, failure, "checkpoint_failed",
+                          (lambda d: (d / META_FILE).write_text(json.dumps(failure))) if rank == 0 else None)
+    finally:
+        if train.get(LOCAL_RUN_DIR):
+            torch.set_num_threads(threads)  # an in-process run leaves the driver's torch as it found it
 
 
 def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, device: torch.device | None) -> None:
@@ -218,7 +220,7 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
     torch.manual_seed(train["seed"] * 1_000_003 + rank)  # per-rank dropout
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
     start, best, best_epoch, bad, best_state, prior_s = 0, float("-inf"), -1, 0, None, 0.0
-    ckpt = ray.train.get_checkpoint()
+    ckpt = latest_checkpoint(train)
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, weights_only=True)
@@ -238,16 +240,15 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
         metrics.update({"epoch": epoch, "best_epoch": best_epoch, f"best_{family.metric}": best,
                         "train_s": round(train_s, 1), "done": done})
         rngs = coll.gather(rng_state())
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(),
-                            "rng": rngs, "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                            "best_model": best_state, "train_s": train_s}, Path(d) / STATE_FILE)
-                (Path(d) / META_FILE).write_text(json.dumps(
-                    {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+
+        def write(d: Path) -> None:
+            torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(),
+                        "rng": rngs, "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                        "best_model": best_state, "train_s": train_s}, d / STATE_FILE)
+            (d / META_FILE).write_text(json.dumps(
+                {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}))
+
+        report_checkpoint(train, metrics, f"checkpoint_{epoch:06d}", write if rank == 0 else None)
 
     epoch = start - 1
     for epoch in range(start, train["epochs"]):
@@ -313,6 +314,49 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
         log.info("epoch cap %d reached by the checkpoint (epoch %d): evaluating its best model (epoch %d)",
                  train["epochs"], epoch + 1, best_epoch + 1)
     report(final_metrics(family, model, best_state, rank, world, coll), epoch, True)
+
+
+def report_checkpoint(train: dict, metrics: dict, name: str, write: Callable[[Path], None] | None) -> None:
+    """``ray.train.report(metrics)`` with the checkpoint ``write(folder)`` fills (rank 0; other ranks pass
+    None). With workers the folder is temporary and Ray Train copies it into the run's storage; in an
+    in-process run (``--train.num_workers 0``: Ray Train's local mode keeps only the object it is given) the
+    engine publishes it itself as ``<run dir>/<name>`` (written aside, then renamed) and keeps the newest
+    ``KEEP_CHECKPOINTS``, as Ray Train would."""
+    import ray.train
+
+    local = train.get(LOCAL_RUN_DIR)
+    if write is None:
+        ray.train.report(metrics, checkpoint=None)
+    elif not local:
+        with tempfile.TemporaryDirectory() as d:
+            write(Path(d))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        run = Path(local)
+        final, tmp = run / name, run / f".{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(run.glob("checkpoint_*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(final)))
+
+
+def latest_checkpoint(train: dict):
+    """The checkpoint to resume from: Ray Train's (restored from the run's snapshot) or, in an in-process
+    run, the newest one under the run's folder (a worker run's checkpoints included)."""
+    import ray.train
+
+    local = train.get(LOCAL_RUN_DIR)
+    if not local:
+        return ray.train.get_checkpoint()
+    found = []
+    for meta in Path(local).glob(f"**/{META_FILE}"):
+        if (meta.parent / STATE_FILE).exists() and not meta.parent.name.endswith(".partial"):
+            found.append((json.loads(meta.read_text()).get("epoch", -1), str(meta.parent)))
+    return ray.train.Checkpoint.from_directory(max(found)[1]) if found else None
 
 
 def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int, world: int,

@@ -19,6 +19,7 @@ log = logging.getLogger("semrec.train")
 # run waits before its worker group shuts down. Measured on 2 cores, a 3-epoch run's fit() returned 6.8 s after
 # the last report at 2 s and 1.2 s at 0.25 s; the poll is one cheap RPC per worker. A user's value wins.
 HEALTH_CHECK_INTERVAL_S = "0.25"
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train restores a worker run from
 
 
 def worker_config(settings, path_keys: tuple[str, ...]) -> dict:
@@ -60,16 +61,18 @@ def check_cpus(train, reserve: float = 0.0, why: str = "") -> None:
 
 def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, name: str, resume: bool,
            metric: str, datasets: dict[str, Any] | None = None, data_config=None):
-    """Run ``train_loop(cfg)`` on ``train.num_workers`` Ray Train workers under ``run_dir/name``; a rerun
-    with the same name resumes from its newest checkpoint (unless that run finished, or ``resume`` is off).
+    """Run ``train_loop(cfg)`` on ``train.num_workers`` Ray Train workers under ``run_dir/name`` (0: in this
+    process, Ray Train's local mode: no worker start-up, no recovery from a lost process); a rerun with the
+    same name resumes from its newest checkpoint (unless that run finished, or ``resume`` is off).
     Returns the Ray Train result, whose metrics are the final (``done``) report."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from semrec.train.engine import driver_progress
+    from semrec.train.engine import KEEP_CHECKPOINTS, LOCAL_RUN_DIR, driver_progress
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)  # read by the controller
     storage = Path(run_dir).absolute()
+    in_process = train.num_workers == 0
     # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
     # previous run with this name finished, or when asked to
     state = run_state(storage / name)
@@ -78,12 +81,19 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
                  "finished" if state.get("done") else "discarded")
         shutil.rmtree(storage / name)
     elif state is not None:
+        if not in_process and not (storage / name / RAY_TRAIN_SNAPSHOT).exists():
+            raise ConfigError(f"run {name} under {storage} was trained in-process (--train.num_workers 0) and Ray "
+                              "Train cannot resume it on workers: resume it with --train.num_workers 0, or start "
+                              "over with --resume false or a new --run_name")
         log.info("resuming %s after epoch %d", name, state["epoch"])
+    if in_process:  # Ray Train's local mode: the loop runs in this process; the engine keeps the checkpoints
+        cfg = {**cfg, "train": {**cfg["train"], LOCAL_RUN_DIR: str(storage / name)}}
+        logging.getLogger("ray.train.v2._internal.execution.train_fn_utils").setLevel(logging.WARNING)  # per report
     trainer = TorchTrainer(
         train_loop, train_loop_config=cfg, datasets=datasets or {}, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=2),
+        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              failure_config=FailureConfig(max_failures=train.max_failures)))
     with driver_progress(storage / name, train.epochs, metric):
         result = trainer.fit()
