@@ -84,7 +84,10 @@ def test_an_in_process_run_matches_one_ray_train_worker(data, tmp_path):
     assert reports["0"]["workers"] == 0 and local["test_AUC"] > 0.75
     assert {k: v for k, v in local.items() if k.startswith(("test_", "final_valid_", "valid_"))} == \
         {k: v for k, v in worker.items() if k.startswith(("test_", "final_valid_", "valid_"))}
-    assert sorted(p.name for p in (data / "runs" / "workers0").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
+    run = data / "runs" / "workers0"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
+    assert sorted(p.name for p in (run / "checkpoint_000002").iterdir()) == [".in_process", "checkpoint.json",
+                                                                            "state.pt"]
 
 
 @pytest.mark.parametrize("case", ["width", "label", "vocabulary", "run name", "diverged"])

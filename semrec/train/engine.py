@@ -50,6 +50,7 @@ log = logging.getLogger("semrec.train")
 STATE_FILE = "state.pt"
 KEEP_CHECKPOINTS = 2  # the newest checkpoints a run keeps (launch's CheckpointConfig; in-process runs alike)
 LOCAL_RUN_DIR = "local_run_dir"  # set by launch in the train settings of an in-process run: its folder
+IN_PROCESS_MARKER = ".in_process"  # in each checkpoint an in-process run writes
 PROGRESS_EVERY_S = 60.0
 META_FILE = "checkpoint.json"
 
@@ -320,8 +321,8 @@ def report_checkpoint(train: dict, metrics: dict, name: str, write: Callable[[Pa
     """``ray.train.report(metrics)`` with the checkpoint ``write(folder)`` fills (rank 0; other ranks pass
     None). With workers the folder is temporary and Ray Train copies it into the run's storage; in an
     in-process run (``--train.num_workers 0``: Ray Train's local mode keeps only the object it is given) the
-    engine publishes it itself as ``<run dir>/<name>`` (written aside, then renamed) and keeps the newest
-    ``KEEP_CHECKPOINTS``, as Ray Train would."""
+    engine publishes it itself as ``<run dir>/<name>`` (written aside, then renamed, marked with
+    ``IN_PROCESS_MARKER``) and keeps its newest ``KEEP_CHECKPOINTS``, as Ray Train would."""
     import ray.train
 
     local = train.get(LOCAL_RUN_DIR)
@@ -337,10 +338,11 @@ def report_checkpoint(train: dict, metrics: dict, name: str, write: Callable[[Pa
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write(tmp)
+        (tmp / IN_PROCESS_MARKER).touch()
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in sorted(run.glob("checkpoint_*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
+        for old in sorted(p.parent for p in run.glob(f"checkpoint_*/{IN_PROCESS_MARKER}"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)  # its own only: a worker run resumed in-process keeps Ray Train's
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(final)))
 
 

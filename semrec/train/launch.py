@@ -19,7 +19,6 @@ log = logging.getLogger("semrec.train")
 # run waits before its worker group shuts down. Measured on 2 cores, a 3-epoch run's fit() returned 6.8 s after
 # the last report at 2 s and 1.2 s at 0.25 s; the poll is one cheap RPC per worker. A user's value wins.
 HEALTH_CHECK_INTERVAL_S = "0.25"
-RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train restores a worker run from
 
 
 def worker_config(settings, path_keys: tuple[str, ...]) -> dict:
@@ -68,7 +67,7 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from semrec.train.engine import KEEP_CHECKPOINTS, LOCAL_RUN_DIR, driver_progress
+    from semrec.train.engine import IN_PROCESS_MARKER, KEEP_CHECKPOINTS, LOCAL_RUN_DIR, driver_progress
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)  # read by the controller
     storage = Path(run_dir).absolute()
@@ -81,7 +80,7 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
                  "finished" if state.get("done") else "discarded")
         shutil.rmtree(storage / name)
     elif state is not None:
-        if not in_process and not (storage / name / RAY_TRAIN_SNAPSHOT).exists():
+        if not in_process and any((storage / name).glob(f"*/{IN_PROCESS_MARKER}")):
             raise ConfigError(f"run {name} under {storage} was trained in-process (--train.num_workers 0) and Ray "
                               "Train cannot resume it on workers: resume it with --train.num_workers 0, or start "
                               "over with --resume false or a new --run_name")
@@ -93,7 +92,8 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
         train_loop, train_loop_config=cfg, datasets=datasets or {}, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": train.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage), checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              failure_config=FailureConfig(max_failures=train.max_failures)))
     with driver_progress(storage / name, train.epochs, metric):
         result = trainer.fit()
