@@ -354,11 +354,21 @@ def latest_checkpoint(train: dict):
     local = train.get(LOCAL_RUN_DIR)
     if not local:
         return ray.train.get_checkpoint()
-    found = []
-    for meta in Path(local).glob(f"**/{META_FILE}"):
-        if (meta.parent / STATE_FILE).exists() and not meta.parent.name.endswith(".partial"):
-            found.append((json.loads(meta.read_text()).get("epoch", -1), str(meta.parent)))
+    found = [(m.get("epoch", -1), str(d)) for m, d in checkpoint_metas(Path(local))
+             if (d / STATE_FILE).exists() and not d.name.endswith(".partial")]
     return ray.train.Checkpoint.from_directory(max(found)[1]) if found else None
+
+
+def checkpoint_metas(run_dir: Path) -> list[tuple[dict, Path]]:
+    """(metadata, folder) of every checkpoint under ``run_dir`` that rank 0 wrote (``META_FILE``); one
+    still being written is skipped."""
+    out = []
+    for p in Path(run_dir).glob(f"**/{META_FILE}"):
+        try:
+            out.append((json.loads(p.read_text()), p.parent))
+        except (OSError, ValueError):  # being written
+            continue
+    return out
 
 
 def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int, world: int,
@@ -399,12 +409,7 @@ def driver_progress(run_dir: Path, epochs: int, metric: str, every_s: float = 2.
 
         def update() -> None:
             nonlocal seen
-            metas = []
-            for p in Path(run_dir).glob(f"**/{META_FILE}"):
-                try:
-                    metas.append(json.loads(p.read_text()))
-                except (OSError, ValueError):  # being written
-                    continue
+            metas = [meta for meta, _ in checkpoint_metas(run_dir)]
             m = max(metas, key=lambda x: x.get("epoch", -1), default={})
             if m.get("epoch", -1) > seen:
                 seen = m["epoch"]

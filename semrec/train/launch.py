@@ -43,7 +43,9 @@ def default_run_name(prefix: str, payload: dict) -> str:
 def run_state(run_dir: Path) -> dict | None:
     """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None; a run that stopped
     on a deterministic error (``failed``, done) first: it is never resumed."""
-    metas = [json.loads(p.read_text()) for p in Path(run_dir).glob("**/checkpoint.json")]
+    from semrec.train.engine import checkpoint_metas
+
+    metas = [meta for meta, _ in checkpoint_metas(run_dir)]
     return max(metas, key=lambda m: (bool(m.get("failed")), m.get("epoch", -1))) if metas else None
 
 
