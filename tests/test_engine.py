@@ -10,6 +10,7 @@ from ray import cloudpickle  # the pickler Ray ships functions with
 from semrec.config.settings import TrainSettings
 from semrec.errors import InputError
 from semrec.eval.metrics import NonFiniteScores
+from semrec.train.engine import checkpoint_metas, lr_at
 from semrec.train.launch import launch, run_state
 
 
@@ -19,6 +20,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers canno
 def _toy_loop(config: dict) -> None:
     """Ray Train worker entry point: linear regression, 4 steps an epoch; rank 1 fails where
     ``config["fail"]`` says."""
+    from pathlib import Path
+
     import ray.train
     import torch
     from torch import nn
@@ -40,6 +43,10 @@ def _toy_loop(config: dict) -> None:
             return nn.Linear(1, 1)
 
         def batches(self, epoch, rank, world):
+            crashed = Path(config["attempts"] + ".crashed")
+            if config["fail"] == "crash" and epoch == 1 and not crashed.exists():
+                crashed.touch()  # a lost process, once: not a SemrecError, so the run is not agreed failed
+                raise RuntimeError("simulated crash")
             for step in range(4):
                 if config["fail"] == "batch" and rank == 1 and epoch == 1 and step == 2:
                     raise InputError("shard 1, row 7: item id 99 outside the catalogue")
@@ -81,3 +88,30 @@ def test_a_deterministic_error_on_one_rank_stops_the_run_once(ray_local, tmp_pat
         assert run_state(tmp_path / "runs" / "toy")["failed"] == error.__name__  # a rerun starts afresh
     # one worker group, started once: not retried (a family that failed to load builds no model)
     assert sorted((tmp_path / "attempts").read_text().split()) == (["0"] if fail == "family" else ["0", "1"])
+
+
+def test_lr_schedules_warm_up_and_decay_as_documented():
+    base = {"lr": 0.01, "epochs": 4}
+    const = {**base, "lr_schedule": "constant", "warmup_steps": 4}
+    assert [lr_at(const, s, 0) for s in (0, 1, 3, 100)] == pytest.approx([0.0025, 0.005, 0.01, 0.01])
+    assert lr_at({**base, "lr_schedule": "constant", "warmup_steps": 0}, 0, 0) == 0.01  # the old default
+    cos = {**base, "lr_schedule": "cosine", "warmup_steps": 0}
+    assert [lr_at(cos, 9, e) for e in range(4)] == pytest.approx([0.01, 0.008535534, 0.005, 0.001464466])
+    inv = {**base, "lr_schedule": "inverse_sqrt", "warmup_steps": 100}
+    assert [lr_at(inv, s, 0) for s in (49, 99, 399, 9999)] == pytest.approx([0.005, 0.01, 0.005, 0.001])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSettings(lr_schedule="linear")
+
+
+def test_a_resumed_run_continues_the_schedule_from_its_global_step(ray_local, tmp_path):
+    """In-process (num_workers 0) run of 4 steps an epoch, inverse_sqrt with 3 warm-up steps; the process dies
+    at the start of epoch 2 and the rerun resumes from epoch 1's checkpoint: epoch 2's last step is global step
+    7 (lr * sqrt(3 / 8)), not step 3 again."""
+    train = TrainSettings(epochs=2, patience=5, num_workers=0, lr=0.1, lr_schedule="inverse_sqrt", warmup_steps=3)
+    cfg = {"train": {**train.model_dump(), "threads": 1}, "fail": "crash", "attempts": str(tmp_path / "attempts")}
+    with pytest.raises(Exception, match="simulated crash"):
+        launch(_toy_loop, cfg, train, tmp_path / "runs", "toy", True, "score")
+    assert [m["lr"] for m, _ in checkpoint_metas(tmp_path / "runs" / "toy")] == pytest.approx([0.1 * (3 / 4) ** 0.5])
+    assert launch(_toy_loop, cfg, train, tmp_path / "runs", "toy", True, "score").metrics["done"]
+    lrs = sorted((m["epoch"], m["lr"]) for m, _ in checkpoint_metas(tmp_path / "runs" / "toy"))
+    assert lrs == [(0, pytest.approx(0.1 * (3 / 4) ** 0.5)), (1, pytest.approx(0.1 * (3 / 8) ** 0.5))]

@@ -150,3 +150,20 @@ def test_shuffled_batches_cover_every_user_once_in_bounded_windows():
     for b in batches[:3]:  # rows keep their own items
         for u, a, z in zip(b.user_ids, b.offsets[:-1], b.offsets[1:]):
             assert b.flat[a:z].tolist() == s.items[u - 1].tolist()
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    from semrec.data.seqbatch import length_grouped_batches
+
+    lengths = np.random.default_rng(0).integers(1, 21, 5000)
+    order = np.random.default_rng(1).permutation(5000)
+    batches = length_grouped_batches(order, lengths, 64, 10, np.random.default_rng(2))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5000))  # every example once
+    assert all(len(b) <= 64 for b in batches) and sum(len(b) < 64 for b in batches) <= -(-5000 // 640)
+    padded = lambda bs: sum(len(b) * lengths[b].max() for b in bs)  # noqa: E731 -- tokens a batch pays for
+    plain = length_grouped_batches(order, lengths, 64, 0, np.random.default_rng(2))
+    assert [b.tolist() for b in plain] == [order[i:i + 64].tolist() for i in range(0, 5000, 64)]
+    assert padded(batches) < 0.65 * padded(plain)  # mean length 10.5 of max 20: ~half the padded tokens
+    assert len({int(lengths[b].max()) for b in batches[:20]}) > 5  # the batch order is shuffled, not by length
+    again = length_grouped_batches(order, lengths, 64, 10, np.random.default_rng(2))
+    assert all((a == b).all() for a, b in zip(batches, again))  # deterministic in the rng

@@ -203,6 +203,23 @@ def shuffled_batches(blocks, batch_size: int, buffer: int, rng: np.random.Genera
             yield rows.take(perm[i:i + batch_size])
 
 
+def length_grouped_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, pool: int,
+                           rng: np.random.Generator) -> list[np.ndarray]:
+    """Cut ``order`` (a permutation of example indices) into batches of ``batch_size``. With ``pool`` > 0 each
+    run of ``pool * batch_size`` examples of ``order`` is first sorted by ``lengths`` (stable) and the batches
+    are then shuffled by ``rng``: a batch holds examples of similar length, so it pays little padding, while
+    which examples meet stays random (HF Trainer's ``group_by_length``, fairseq's buckets). Every example
+    once; a pool's last batch may be smaller. ``pool`` = 0: plain consecutive batches of ``order``."""
+    if not pool:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    span, batches = pool * batch_size, []
+    for a in range(0, len(order), span):
+        chunk = order[a:a + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def sample_rows(user_ids: np.ndarray, fraction: float, salt: int = 3) -> np.ndarray:
     """Rows of a fixed hash sample of about ``fraction`` of the users (the same users in every batch and run)."""
     if fraction >= 1:

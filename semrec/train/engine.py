@@ -13,8 +13,10 @@ and sharded evaluation as metric sums; the engine owns everything else:
   RNG state, restored on resume;
 - sharded evaluation: each rank evaluates its share, sums are all-reduced, every rank sees the same
   metrics, so early stopping agrees;
-- a checkpoint per epoch from rank 0 (model, optimizer, RNG states, epoch, best metric, best model,
-  patience counter, training clock), automatic resume from the latest one, early stopping, and a
+- the learning rate schedule (``lr_at``: linear warm-up, then constant, cosine per epoch or inverse square
+  root per step), set on the optimizer before every step from the global step count;
+- a checkpoint per epoch from rank 0 (model, optimizer, RNG states, epoch, global step, best metric, best
+  model, patience counter, training clock), automatic resume from the latest one, early stopping, and a
   run whose epoch cap is already reached evaluating its best checkpoint instead of training;
 - one log line per epoch (loss, validation metric, seconds, examples/s per worker of the training
   pass), and a progress bar on the driver (``driver_progress``);
@@ -53,6 +55,23 @@ LOCAL_RUN_DIR = "local_run_dir"  # set by launch in the train settings of an in-
 IN_PROCESS_MARKER = ".in_process"  # in each checkpoint an in-process run writes
 PROGRESS_EVERY_S = 60.0
 META_FILE = "checkpoint.json"
+
+
+def lr_at(train: dict, step: int, epoch: int) -> float:
+    """The learning rate of global step ``step`` (0-based) in epoch ``epoch`` under the settings ``train``:
+    ``lr`` times a linear warm-up over ``warmup_steps`` times the schedule's decay (constant: 1; cosine:
+    (1 + cos(pi * epoch / epochs)) / 2, so the first epoch runs at lr; inverse_sqrt: sqrt(w / (step + 1)) once
+    past w = max(warmup_steps, 1))."""
+    warmup = int(train.get("warmup_steps") or 0)
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    schedule = train.get("lr_schedule") or "constant"
+    if schedule == "cosine":
+        factor *= 0.5 * (1.0 + float(np.cos(np.pi * epoch / train["epochs"])))
+    elif schedule == "inverse_sqrt":
+        factor *= float(np.sqrt(max(warmup, 1) / max(step + 1, warmup, 1)))
+    elif schedule != "constant":
+        raise ValueError(f"unknown lr_schedule {schedule!r} (constant, cosine, inverse_sqrt)")
+    return train["lr"] * factor
 
 
 class Family(Protocol):
@@ -220,7 +239,7 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
     device = next(model.parameters()).device
     torch.manual_seed(train["seed"] * 1_000_003 + rank)  # per-rank dropout
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train["lr"], betas=(0.9, 0.999), weight_decay=train["weight_decay"])
-    start, best, best_epoch, bad, best_state, prior_s = 0, float("-inf"), -1, 0, None, 0.0
+    start, best, best_epoch, bad, best_state, prior_s, step = 0, float("-inf"), -1, 0, None, 0.0, 0
     ckpt = latest_checkpoint(train)
     if ckpt:
         with ckpt.as_directory() as d:
@@ -234,6 +253,7 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
         set_rng_state(rngs[rank])
         start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
         best_state, prior_s = state["best_model"], float(state.get("train_s", 0.0))
+        step = int(state.get("step", 0))  # checkpoints from before the schedule: warm-up restarts
     clock = time.perf_counter()
 
     def report(metrics: dict, epoch: int, done: bool) -> None:
@@ -244,7 +264,7 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
 
         def write(d: Path) -> None:
             torch.save({"model": _state_dict(model), "optimizer": opt.state_dict(),
-                        "rng": rngs, "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                        "rng": rngs, "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch, "bad": bad,
                         "best_model": best_state, "train_s": train_s}, d / STATE_FILE)
             (d / META_FILE).write_text(json.dumps(
                 {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}))
@@ -273,7 +293,11 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
             loss = loss_sum * world / max(global_count, 1.0)  # DDP averages over ranks: this is the global mean
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr = lr_at(train, step, epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
+            step += 1
             total += float(loss_sum.detach())
             examples += count
             steps += 1
@@ -295,12 +319,12 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
                         "train_pass_s": round(pass_s, 2), "examples": int(examples_all),
                         "examples_per_s": round(examples_all / secs, 1),
                         "train_examples_per_s_per_worker": round(examples_all / world / max(pass_s, 1e-9), 1),
-                        "steps": steps})
+                        "steps": steps, "lr": lr_at(train, max(step - 1, 0), epoch)})
         if rank == 0:
             log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s (training pass %.1f s, "
-                     "%.0f examples/s per worker, %d workers)", epoch + 1, train["epochs"], metrics["train_loss"],
+                     "%.0f examples/s per worker, %d workers, lr %.3g)", epoch + 1, train["epochs"], metrics["train_loss"],
                      family.metric, score, best, best_epoch + 1, secs, pass_s,
-                     metrics["train_examples_per_s_per_worker"], world)
+                     metrics["train_examples_per_s_per_worker"], world, metrics["lr"])
         stop = bad >= train["patience"] or epoch == train["epochs"] - 1
         if stop:
             metrics.update(final_metrics(family, model, best_state, rank, world, coll))

@@ -2,7 +2,9 @@
 
 Data: a ``user_sequences`` table in memory and the item token table (codes + collision suffix = each item's L
 tokens). Training examples are every (history, next item) pair of each user's training part s[:-2] (history =
-the previous <= max_items items), in an order keyed by (seed, epoch); global batch k is split over the ranks.
+the previous <= max_items items), in an order keyed by (seed, epoch), grouped by history length into batches
+(``--train.group_by_length``: less padding, see ``length_grouped_batches``); global batch k is split over the
+ranks.
 Evaluation is leave-one-out over the **whole catalogue**: valid s[:-2] -> s[-2], test s[:-1] -> s[-1]; the
 model decodes the next item's codes by beam search through the code trie (``semrec.decoding``), so only real
 items, each once, are ranked; Recall@k / NDCG@k from the target's position in the beam (a target outside the
@@ -15,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from semrec.data.seqbatch import left_pad
+from semrec.data.seqbatch import left_pad, length_grouped_batches
 from semrec.data.sequences import load_sequences
 from semrec.data.tokens import load_token_codes
 from semrec.decoding import CodeTrie, beam_search
@@ -77,10 +79,11 @@ class GenerativeFamily:
         return hist, self.codes[self.seqs.flat[starts + p]]
 
     def batches(self, epoch: int, rank: int, world: int):
-        order = np.random.default_rng([self.t["seed"], epoch]).permutation(len(self.ex_user))
-        gbs = self.t["batch_size"]
-        for start in range(0, len(order), gbs):
-            yield self._examples(order[start:start + gbs][rank::world])
+        rng = np.random.default_rng([self.t["seed"], epoch])
+        order = rng.permutation(len(self.ex_user))
+        for batch in length_grouped_batches(order, np.minimum(self.ex_pos, self.max_items), self.t["batch_size"],
+                                            self.t.get("group_by_length", 0), rng):
+            yield self._examples(batch[rank::world])
 
     def empty_batch(self):
         return self._examples(np.zeros(0, dtype=np.int64))
@@ -106,6 +109,8 @@ class GenerativeFamily:
         users = np.arange(rank, len(self.seqs), world)
         if fraction < 1.0:
             users = users[np.random.default_rng(self.t["seed"]).random(len(users)) < fraction]
+        # decoded in order of history length: a batch of users pays little padding (the sums do not depend on it)
+        users = users[np.argsort(np.minimum(self.seqs.lengths[users] - cut, self.max_items), kind="stable")]
         out = metric_sums(np.zeros(0), KS, NDCG_KS)
         for a in range(0, len(users), self.config["eval"]["batch_users"]):
             u = users[a:a + self.config["eval"]["batch_users"]]
