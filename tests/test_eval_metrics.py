@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from semrec.eval.metrics import NonFiniteScores, ranking_metrics, ranks_sampled, stream_full_ranking
+from semrec.eval.metrics import (MISS, NonFiniteScores, history_pairs, ranking_metrics, ranks_in_list,
+                                 ranks_sampled, stream_full_ranking)
 
 
 def test_sampled_ranks_and_metrics_by_hand():
@@ -53,6 +54,22 @@ def test_full_ranking_by_hand_excludes_history_but_never_the_target():
                                         [np.array([2, 5, 3])], k=2, block=2)
     assert ranks.tolist() == [1]  # only item 4 (4.0) beats the target; 2 and 5 are excluded
     assert top.tolist() == [[4, 3]]
+
+
+def test_ranks_in_a_decoded_list_with_and_without_the_history_by_hand():
+    items = np.array([[7, 2, 9, 4, -1],    # target 9 at position 2; 7 and 2 seen before it
+                      [5, 3, 8, -1, -1],   # target 3 at 1; it was seen too, and still competes
+                      [1, 2, 6, 8, 10],    # target 11 not in the list: a miss either way
+                      [4, 9, 7, 1, 3]])    # target 4 first; 9 seen after it changes nothing
+    targets = np.array([9, 3, 11, 4])
+    assert ranks_in_list(items, targets).tolist() == [2, 1, MISS, 0]
+    seen = history_pairs([np.array([2, 7, 7]), np.array([3, 5]), np.array([1, 2]), np.array([9])])
+    assert ranks_in_list(items, targets, seen).tolist() == [0, 0, MISS, 0]
+    m = ranking_metrics(ranks_in_list(items, targets, seen), ks=(1,), ndcg_ks=())
+    assert m["HIT@1"] == 0.75  # against 0.25 with the history in the list
+    # an item id of one row's history never drops the same id from another row
+    assert ranks_in_list(items[:2], targets[:2], (np.array([0, 1]), np.array([4, 7]))).tolist() == [2, 1]
+    assert ranks_in_list(np.zeros((0, 5), np.int64), np.zeros(0, np.int64), seen).tolist() == []
 
 
 @pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])

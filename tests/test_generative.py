@@ -75,6 +75,8 @@ def test_train_generative_learns_decodes_real_items_and_reloads_to_the_same_metr
     assert set(f"test_Recall@{k}" for k in (1, 5, 10, 20)) <= set(m) and "test_NDCG@10" in m
     assert m["test_Recall@20"] > 0.3  # the walk is learnable; random over 300 items would be ~0.07
     assert m["test_Recall@1"] <= m["test_Recall@5"] <= m["test_Recall@10"] <= m["test_Recall@20"] <= 1
+    # dropping each user's earlier items from the decoded list only moves targets up
+    assert all(m[f"test_nohist_{k}"] >= m[f"test_{k}"] for k in ("Recall@1", "Recall@10", "NDCG@10", "MRR"))
     # the published model and trie give the same test metrics when evaluated again
     model = from_pretrained(out / "model")
     trie = CodeTrie.load(out / "trie")

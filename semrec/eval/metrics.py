@@ -92,6 +92,31 @@ def stream_full_ranking(users: torch.Tensor, item_vectors: Callable[[torch.Tenso
     return (rank.cpu().numpy() if targets is not None else None), top_i.cpu().numpy(), top_s.cpu().numpy()
 
 
+MISS = 10**9  # the rank of a target outside a ranked list
+
+
+def ranks_in_list(items: np.ndarray, targets: np.ndarray,
+                  exclude: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """0-based rank of each row's target in its ranked list ``items`` (B, k) (best first; -1 = an empty
+    slot), ``MISS`` where the target is not in the list (a miss at every cut-off). With ``exclude`` = (row,
+    item) pairs (``history_pairs``), those items are dropped from their row's list first, except the row's own
+    target (it always competes, as in ``stream_full_ranking``): the rank among the items left. A generated
+    list is then shorter than k, so metrics at cut-offs near k are a lower bound of what a full-catalogue
+    ranking with the history excluded would give."""
+    items, targets = np.asarray(items), np.asarray(targets)
+    hit = items == targets[:, None]
+    pos = hit.argmax(1)
+    if exclude is not None and len(items):
+        rows, seen = (np.asarray(a, dtype=np.int64) for a in exclude)
+        keep = seen != targets[rows]
+        base = int(max(items.max(), seen.max(initial=0))) + 1  # (row, item) as one int64 key
+        keys = np.arange(len(items))[:, None] * base + items
+        dropped = np.isin(keys, rows[keep] * base + seen[keep]) & (items >= 0)
+        pos = pos - (dropped & (np.arange(items.shape[1]) < pos[:, None])).sum(1)
+    return np.where(hit.any(1), pos, MISS)
+
+
+
 def metric_sums(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10),
                 prefix: str = "", mrr: bool = True) -> dict[str, float]:
     """Per-metric sums over ``ranks`` and their ``count``: what each worker of a sharded evaluation

@@ -21,10 +21,13 @@ from semrec.data.seqbatch import left_pad, length_grouped_batches
 from semrec.data.sequences import load_sequences
 from semrec.data.tokens import load_token_codes
 from semrec.decoding import CodeTrie, beam_search
-from semrec.eval.metrics import metric_sums
+from semrec.eval.metrics import metric_sums, ranks_in_list
 from semrec.models.generative import build_generative
 
 KS, NDCG_KS = (1, 5, 10, 20), (5, 10, 20)
+# metrics with the user's earlier items dropped from the decoded list (the target always competes): the
+# protocol of SASRec's full ranking (``stream_full_ranking``); the plain metrics are TIGER's (nothing dropped)
+NOHIST = "nohist_"
 
 
 def load_codes(tokens: str, n_items: int) -> tuple[np.ndarray, list[int], CodeTrie]:
@@ -111,7 +114,7 @@ class GenerativeFamily:
             users = users[np.random.default_rng(self.t["seed"]).random(len(users)) < fraction]
         # decoded in order of history length: a batch of users pays little padding (the sums do not depend on it)
         users = users[np.argsort(np.minimum(self.seqs.lengths[users] - cut, self.max_items), kind="stable")]
-        out = metric_sums(np.zeros(0), KS, NDCG_KS)
+        out = {**metric_sums(np.zeros(0), KS, NDCG_KS), **metric_sums(np.zeros(0), KS, NDCG_KS, prefix=NOHIST)}
         for a in range(0, len(users), self.config["eval"]["batch_users"]):
             u = users[a:a + self.config["eval"]["batch_users"]]
             starts, n = self.seqs.offsets[:-1][u], self.seqs.lengths[u] - cut
@@ -123,9 +126,11 @@ class GenerativeFamily:
 
             items, _ = beam_search(self.trie, step, len(u), self.beam)
             target = self.seqs.flat[starts + n]
-            hit = items == target[:, None]
-            ranks = np.where(hit.any(1), hit.argmax(1), 10**9)
-            for k, v in metric_sums(ranks, KS, NDCG_KS).items():
+            seen = (np.repeat(np.arange(len(u)), n),  # every earlier item of each user, for the NOHIST metrics
+                    self.seqs.flat[np.repeat(starts - np.cumsum(n) + n, n) + np.arange(n.sum())])
+            sums = {**metric_sums(ranks_in_list(items, target), KS, NDCG_KS),
+                    **metric_sums(ranks_in_list(items, target, seen), KS, NDCG_KS, prefix=NOHIST)}
+            for k, v in sums.items():
                 out[k] += v
         model.train(was)
         return {k.replace("HIT@", "Recall@"): v for k, v in out.items()}  # one target: Recall@k = HIT@k

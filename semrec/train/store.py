@@ -26,7 +26,7 @@ from torch import nn
 from semrec.data.hashing import hash_rows
 from semrec.data.io import parquet_files, read_table
 from semrec.errors import InputError
-from semrec.eval.metrics import metric_sums
+from semrec.eval.metrics import metric_sums, ranks_in_list
 from semrec.models.store import (DenseTokenizer, add_code_tokens, content_ids, field_texts, lm_loss,
                                  load_causal_lm, load_tokenizer, pad_right, recommender_prompts, with_lora,
                                  yes_probability)
@@ -283,15 +283,11 @@ class StoreRecFamily:
             target = self.seqs.flat[self.seqs.offsets[u] + n]
             hists = [self._history(x, k) for x, k in zip(u, n)]
             items, _ = self.decode(model, [self.prompts.generation(h) for h in hists])
-            hit = items == target[:, None]
-            ranks = np.where(hit.any(1), hit.argmax(1), 10**9)
-            for k, v in metric_sums(ranks, KS, NDCG_KS).items():
+            for k, v in metric_sums(ranks_in_list(items, target), KS, NDCG_KS).items():
                 out[k] += v
             if final and self.e["per_position_ablation"]:
                 loose, _ = self.decode(model, [self.prompts.generation(h) for h in hists], constraint="position")
-                hit = loose == target[:, None]
-                r = np.where(hit.any(1), hit.argmax(1), 10**9)
-                sums = metric_sums(r, KS, NDCG_KS, prefix="per_position_", mrr=False)
+                sums = metric_sums(ranks_in_list(loose, target), KS, NDCG_KS, prefix="per_position_", mrr=False)
                 sums["per_position_invalid_share"] = float((loose < 0).mean(1).sum())
                 for k, v in sums.items():
                     if k != "count":
