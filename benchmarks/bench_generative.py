@@ -8,8 +8,8 @@ Inputs are bench_seqrec's: out/bench_seqrec/data/beauty.parquet and the hybrid R
 out/bench_seqrec/tokens/beauty-hybrid-256 (codes + collision suffix = 4 tokens per item); run bench_seqrec's
 Beauty token step first. On 2 CPU cores the budget is `EPOCHS` epochs of ~514 steps, in-process, batches grouped
 by history length, warm-up + cosine learning rate (TIGER trains ~200k steps of 256 on a GPU, d = 128 with 4 + 4
-layers; here d = 64 with 2 + 2, ~13k steps), so this is a floor of what the model does, not a reproduction
-(~1 h on 2 cores):
+layers; here d = 64 with 2 + 2, ~20k steps), so this is a floor of what the model does, not a reproduction
+(97 min on 2 cores):
 
     pytest benchmarks/bench_generative.py -s
 """
@@ -30,6 +30,17 @@ COLS = ("Recall@5", "Recall@10", "Recall@20", "NDCG@5", "NDCG@10", "NDCG@20")
 TIGER = {"Recall@5": 0.0454, "Recall@10": 0.0648, "NDCG@5": 0.0321, "NDCG@10": 0.0384}
 
 
+def _evaluate_published(out: Path, n_items: int, data: Path, tokens: Path) -> dict:
+    """Test metrics of the model a run published in ``out``, evaluated in this process."""
+    from semrec.models.generative import from_pretrained
+    from semrec.train.generative import GenerativeFamily
+
+    cfg = json.loads((out / "effective_config.json").read_text())
+    cfg.update({"n_items": n_items, "sequences": str(data), "tokens": str(tokens)})
+    sums = GenerativeFamily(cfg).evaluate(from_pretrained(out / "model"), "test", 0, 1, True)
+    return {k: v / sums["count"] for k, v in sums.items() if k != "count"}
+
+
 def test_tiger_style_on_beauty(benchmark, ray_local):
     data, tokens = SEQ / "data" / "beauty.parquet", SEQ / "tokens" / "beauty-hybrid-256"
     if not (data.exists() and (tokens / "token_table").exists()):
@@ -46,6 +57,10 @@ def test_tiger_style_on_beauty(benchmark, ray_local):
         benchmark.pedantic(lambda: main(args), rounds=1, iterations=1)
     report = json.loads((out / "metrics.json").read_text())
     m = {k[5:]: v for k, v in report["metrics"].items() if k.startswith("test_")}
+    if "nohist_Recall@10" not in m:  # published before the history-excluded metrics: evaluate its model again
+        again = _evaluate_published(out, report["items"], data, tokens)
+        assert again["Recall@10"] == pytest.approx(m["Recall@10"])  # the same model, the same TIGER-protocol numbers
+        m.update({k: v for k, v in again.items() if k.startswith("nohist_")})
     benchmark.extra_info.update(m)
     sas = json.loads((RESULTS / "seqrec.json").read_text()) if (RESULTS / "seqrec.json").exists() else {}
     sid = next((r["metrics"] for k, r in sas.items() if k.startswith("beauty-id")), {})
