@@ -116,7 +116,6 @@ def ranks_in_list(items: np.ndarray, targets: np.ndarray,
     return np.where(hit.any(1), pos, MISS)
 
 
-
 def metric_sums(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10), ndcg_ks: tuple[int, ...] = (5, 10),
                 prefix: str = "", mrr: bool = True) -> dict[str, float]:
     """Per-metric sums over ``ranks`` and their ``count``: what each worker of a sharded evaluation
