@@ -20,6 +20,7 @@ from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard, sequence_shard
 from semrec.models.sasrec import from_pretrained
 from semrec.pipelines.train_seqrec import main
+from semrec.train.engine import checkpoint_metas  # skips a checkpoint.json still being written
 from helpers import ROOT
 
 N_ITEMS = 400
@@ -114,7 +115,7 @@ def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name:
     ckpts = synthetic / "runs" / run_name
     epochs = []
     while time.time() < deadline and proc.poll() is None:
-        epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
+        epochs = [m["epoch"] for m, _ in checkpoint_metas(ckpts)]
         if epochs and max(epochs) >= epoch:
             break
         time.sleep(0.2)
@@ -124,7 +125,7 @@ def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name:
     proc.wait()
     why = f"the job exited with rc {died}" if died is not None else "none within 480 s"
     assert epochs, f"no checkpoint ({why}); the job's output ends with:\n{log.read_text()[-3000:]}"
-    metas = [json.loads(p.read_text()) for p in ckpts.glob("**/checkpoint.json")]
+    metas = [m for m, _ in checkpoint_metas(ckpts)]
     return max(metas, key=lambda m: m["epoch"])
 
 
@@ -282,7 +283,7 @@ def _kill_train_worker_after(ckpts: Path, epoch: int, done: threading.Event, kil
     stale = {p.pid for p in find()}
     while not done.is_set():
         workers = [w for w in workers if w.is_running()] or [w for w in find() if w.pid not in stale]
-        epochs = [json.loads(p.read_text())["epoch"] for p in ckpts.glob("**/checkpoint.json")]
+        epochs = [m["epoch"] for m, _ in checkpoint_metas(ckpts)]
         if workers and epochs and max(epochs) >= epoch:
             for w in workers:
                 with contextlib.suppress(psutil.Error):
