@@ -20,7 +20,7 @@ from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard, sequence_shard
 from semrec.models.sasrec import from_pretrained
 from semrec.pipelines.train_seqrec import main
-from semrec.train.engine import checkpoint_metas  # skips a checkpoint.json still being written
+from semrec.train.engine import IN_PROCESS_MARKER, checkpoint_metas  # the latter skips one being written
 from helpers import ROOT
 
 N_ITEMS = 400
@@ -103,9 +103,18 @@ def test_relative_paths_reach_the_workers(synthetic, tmp_path, monkeypatch):
 TWO_WORKERS = ["--train.num_workers", "2", "--train.cpus_per_worker", "0.5"]
 
 
+def resumable(run: Path) -> list[dict]:
+    """Metadata of the checkpoints a rerun of ``run`` resumes from: an in-process run's once the engine has
+    published it; a worker run's once Ray Train's controller has recorded it in its snapshot. A checkpoint
+    written but not yet recorded there is not restored: a kill in between makes the rerun start over."""
+    snap = run / "checkpoint_manager_snapshot.json"
+    recorded = snap.read_text() if snap.exists() else ""
+    return [m for m, d in checkpoint_metas(run) if (d / IN_PROCESS_MARKER).exists() or d.name in recorded]
+
+
 def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name: str, epoch: int) -> dict:
-    """Run train_seqrec in its own process and SIGKILL it once a checkpoint of ``epoch`` exists; returns the
-    newest checkpoint's metadata."""
+    """Run train_seqrec in its own process and SIGKILL it once a resumable checkpoint of ``epoch`` exists;
+    returns the newest resumable checkpoint's metadata."""
     cmd = [sys.executable, str(ROOT / "jobs" / "train_seqrec.py"), *args, "--run_name", run_name]
     log = tmp_path / f"{run_name}.log"
     with open(log, "wb") as out:
@@ -115,7 +124,7 @@ def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name:
     ckpts = synthetic / "runs" / run_name
     epochs = []
     while time.time() < deadline and proc.poll() is None:
-        epochs = [m["epoch"] for m, _ in checkpoint_metas(ckpts)]
+        epochs = [m["epoch"] for m in resumable(ckpts)]
         if epochs and max(epochs) >= epoch:
             break
         time.sleep(0.2)
@@ -125,8 +134,7 @@ def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name:
     proc.wait()
     why = f"the job exited with rc {died}" if died is not None else "none within 480 s"
     assert epochs, f"no checkpoint ({why}); the job's output ends with:\n{log.read_text()[-3000:]}"
-    metas = [m for m, _ in checkpoint_metas(ckpts)]
-    return max(metas, key=lambda m: m["epoch"])
+    return max(resumable(ckpts), key=lambda m: m["epoch"])
 
 
 def test_resume_after_kill_with_two_workers_matches_uninterrupted_run(synthetic, tmp_path):
