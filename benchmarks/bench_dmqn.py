@@ -154,17 +154,17 @@ def test_latency_vs_length(benchmark):
             dmqn, din = (build_paradigm(untrained_spec(p, n_items, length)).eval() for p in ("dmqn", "din"))
             hist = torch.randint(1, n_items + 1, (1, length))
             with torch.inference_mode():
-                clusters, valid = dmqn.user_state(hist)
+                clusters, sizes = dmqn.user_state(hist)
                 row = clusters.half()  # what the cache stores
                 for c in (1, 100):
                     cand = torch.randint(1, n_items + 1, (1, c))
                     users = torch.zeros(c, dtype=torch.long)
                     out[f"L{length}-C{c}"] = {
-                        "dmqn_cached": latency_ms(lambda _: dmqn.score_state(row.float(), valid, cand), 500, 3),
+                        "dmqn_cached": latency_ms(lambda _: dmqn.score_state(row.float(), sizes, cand), 500, 3),
                         "dmqn_uncached": latency_ms(lambda _: dmqn.score_state(*dmqn.user_state(hist), cand), 50, 3),
                         "din_full": latency_ms(lambda _: din(users, cand[0], hist.expand(c, -1)), 20, 3),
                     }
-            out[f"L{length}-cache_bytes_per_user"] = row.numel() * row.element_size() + valid.numel() // 8
+            out[f"L{length}-cache_bytes_per_user"] = row.numel() * row.element_size() + 2 * sizes.numel()
         return out
 
     r = benchmark.pedantic(measure, rounds=1, iterations=1)
@@ -176,7 +176,7 @@ def test_latency_vs_length(benchmark):
             v = r[f"L{length}-C{c}"]
             lines.append(f"| {length:,} | {c} | " + " | ".join(f"{v[k][0]:.2f} / {v[k][1]:.2f}" for k in
                                                               ("dmqn_cached", "dmqn_uncached", "din_full")) + " |")
-    lines.append(f"\nCache bytes per user (float16 clusters + mask bits): {r['L100-cache_bytes_per_user']:,}.")
+    lines.append(f"\nCache bytes per user (float16 clusters + uint16 cluster sizes): {r['L100-cache_bytes_per_user']:,}.")
     write_result("dmqn_latency", "\n".join(lines))
     for c in (1, 100):
         v = r[f"L10000-C{c}"]

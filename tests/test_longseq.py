@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semrec.models.ctr.longseq import (DINUser, DMQNUser, HSTULayer, MultiCodebookQuantizer, SIMHardUser,
-                                       hstu_reference)
+                                       TargetAttention, hstu_reference, quantized_attention_reference)
 from semrec.models.ctr.paradigms import build_paradigm
 
 D = 8
@@ -44,20 +44,20 @@ def test_hstu_equals_loop_reference():
     assert (fast[~valid] == 0).all()  # empty clusters stay zero
 
 
-def test_mcqm_pools_per_codeword_and_masks_empty_clusters():
+def test_mcqm_pools_per_codeword_counts_its_behaviours_and_masks_empty_clusters():
     torch.manual_seed(0)
     q = MultiCodebookQuantizer(D, codebooks=2, codewords=5).eval()
     e = torch.randn(2, 7, D)
     valid = torch.ones(2, 7, dtype=torch.bool)
     valid[0, :3] = False  # padding must not enter any cluster
-    clusters, mask = q(e, valid)
+    clusters, sizes = q(e, valid)
     assign = q.scores(e).argmax(-1)  # (B, N, L)
     for b in range(2):
         for n in range(2):
             for w in range(5):
                 chosen = (assign[b, n] == w) & valid[b]
                 got = clusters[b, n * 5 + w]
-                assert bool(mask[b, n * 5 + w]) == bool(chosen.any())
+                assert int(sizes[b, n * 5 + w]) == int(chosen.sum())
                 expected = e[b][chosen].mean(0) if chosen.any() else torch.zeros(D)
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -97,9 +97,10 @@ def test_cluster_sizes_start_as_average_pooling_and_add_a_map_of_the_log_size():
     idx = plain.scores(e).argmax(-1)  # (B, N, L)
     counts = torch.stack([torch.stack([torch.bincount(idx[b, n][valid[b]], minlength=6) for n in range(2)])
                           for b in range(3)]).flatten(1).float()
-    expect = c0 + torch.log1p(counts)[..., None] * sized.size.weight[:, 0] * m0[..., None]
+    assert torch.equal(m0, counts)
+    expect = c0 + torch.log1p(counts)[..., None] * sized.size.weight[:, 0] * (m0 > 0)[..., None]
     torch.testing.assert_close(c2, expect)
-    assert torch.equal(m2, m0) and (c2[~m2] == 0).all()  # empty clusters stay zero
+    assert torch.equal(m2, m0) and (c2[m2 == 0] == 0).all()  # empty clusters stay zero
 
 
 def test_training_assignments_converge_to_the_inference_argmax_as_the_temperature_falls():
@@ -129,20 +130,41 @@ def test_codewords_get_gradients_through_the_straight_through_estimator():
     assert user.mcqm.proj.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("paradigm,ctam", [("dmqn", "dot"), ("dmqn-simple", "dot"), ("dmqn", "din")])
+def test_sized_target_attention_is_the_attention_over_the_quantized_behaviours():
+    """Cluster-aware CTAM (softmax over clusters + log size) equals plain softmax attention over every (codebook,
+    behaviour) pair with its cluster as key and value; without the sizes (``dot``) it does not."""
+    torch.manual_seed(0)
+    items = torch.nn.Embedding(51, D, padding_idx=0)
+    user = DMQNUser(items, D, codebooks=2, codewords=4, hstu_layers=1, heads=2, ctam="sized").eval()
+    h = _history(4)
+    cand = torch.randn(4, 3, D)
+    with torch.no_grad():
+        clusters, sizes = user.state(h)
+        codes = user.mcqm.scores(items(h)).argmax(-1)  # (B, N, L): each behaviour's codeword per codebook
+        ref = quantized_attention_reference(user.ctam, cand, clusters, codes, h > 0)
+        torch.testing.assert_close(user.attend(clusters, sizes, cand), ref, rtol=1e-5, atol=1e-6)
+        dot = TargetAttention(D, sized=False).eval()
+        dot.load_state_dict(user.ctam.state_dict())
+        assert not torch.allclose(dot(cand, clusters, sizes), ref, atol=1e-4)  # sizes matter (uneven clusters)
+    assert (sizes.view(4, 2, 4).sum(-1) == (h > 0).sum(1, keepdim=True)).all()  # every behaviour once per codebook
+
+
+@pytest.mark.parametrize("paradigm,ctam", [("dmqn", "sized"), ("dmqn-simple", "sized"), ("dmqn", "dot"),
+                                           ("dmqn", "din")])
 def test_cached_state_scores_exactly_like_the_full_model(paradigm, ctam):
     torch.manual_seed(0)
     model = build_paradigm(_spec(paradigm, ctam=ctam)).eval()
-    assert type(model.user.ctam).__name__ == {"dot": "TargetAttention", "din": "ClusterActivation"}[ctam]
+    assert type(model.user.ctam).__name__ == {"dot": "TargetAttention", "sized": "TargetAttention",
+                                              "din": "ClusterActivation"}[ctam]
     h = _history()
     users = torch.arange(6)
     items = torch.randint(1, 51, (6,))
     with torch.no_grad():
         full = model(users, items, h)
-        clusters, valid = model.user_state(h)
-        cached = model.score_state(clusters, valid, items)
+        clusters, sizes = model.user_state(h)
+        cached = model.score_state(clusters, sizes, items)
         cands = torch.randint(1, 51, (6, 5))  # 5 candidates per user from one state
-        many = model.score_state(clusters, valid, cands)
+        many = model.score_state(clusters, sizes, cands)
         one_by_one = torch.stack([model(users, cands[:, c], h) for c in range(5)], dim=1)
     assert torch.equal(full, cached)
     torch.testing.assert_close(many, one_by_one, rtol=1e-6, atol=1e-6)
@@ -379,6 +401,8 @@ def test_cached_scores_equal_the_model_and_misses_fall_back(long_clicks, dmqn_mo
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
         got16, _ = half.score(user, cands)
         np.testing.assert_allclose(got16, ref, atol=0.05)
+        with torch.no_grad():  # the cluster sizes round-trip exactly (uint16)
+            assert np.array_equal(half.store.get([user])[1][0], model.user_state(h[None])[1][0].numpy())
     missing = max(hist["user_id"]) + 1  # not cached: computed from the raw sequence, reported as such
     got, source = exact.score(missing, cands, history=hist["item_ids"][0])
     assert source == "computed" and np.array_equal(got, exact.score(hist["user_id"][0], cands)[0])
@@ -393,6 +417,7 @@ def test_a_cache_of_another_model_version_is_refused(long_clicks, dmqn_model, tm
 
     from safetensors.torch import load_file, save_file
 
+    from semrec.errors import InputError
     from semrec.serve.cache import MemmapStore, Scorer, StaleCache
 
     assert _build_cache(dmqn_model, long_clicks / "histories", tmp_path / "c") == 0
@@ -405,6 +430,9 @@ def test_a_cache_of_another_model_version_is_refused(long_clicks, dmqn_model, tm
         Scorer(other, MemmapStore(tmp_path / "c" / "store"))
     with pytest.raises(StaleCache, match="rebuild"):
         MemmapStore(tmp_path / "c" / "store", model_version="0123456789abcdef")
+    (tmp_path / "c" / "store" / "sizes.npy").unlink()  # a store of the format before cluster sizes
+    with pytest.raises(InputError, match="without cluster sizes .* rebuild it"):
+        MemmapStore(tmp_path / "c" / "store")
 
 
 def test_build_cache_refuses_bad_input_and_publishes_nothing(long_clicks, dmqn_model, tmp_path, capsys):

@@ -370,9 +370,12 @@ class CTRModelSettings(Section):
                                                    "behaviours in the cluster) to each interest cluster; the "
                                                    "paper's average pooling alone (false) keeps what an interest "
                                                    "looks like, not how often it occurs")
-    ctam: Literal["dot", "din"] = Field("dot", description="dmqn: the candidate's target attention over the "
-                                                         "clusters: scaled dot product + softmax (dot) or DIN's "
-                                                         "activation unit (din, widths din_hidden)")
+    ctam: Literal["sized", "dot", "din"] = Field("sized", description="dmqn: the candidate's target attention "
+                                                 "over the clusters: scaled dot product + softmax with log(cluster "
+                                                 "size) added to each logit, i.e. the attention over the quantized "
+                                                 "behaviours (sized), the same without the sizes (dot: a cluster of "
+                                                 "3 behaviours weighs as much as one of 300), or DIN's activation "
+                                                 "unit (din, widths din_hidden)")
     top_k: int = Field(50, ge=1, description="sim-hard: behaviours retrieved from the candidate's category")
     din_hidden: list[int] = Field([64, 32], description="din / sim-hard: activation-unit MLP widths")
     category_features: bool = Field(False, description="din / sim-hard / dmqn: embed each item as its ID plus its "

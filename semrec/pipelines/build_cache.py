@@ -25,6 +25,7 @@ from semrec.errors import InputError
 from semrec.schemas import USER_SEQUENCES, check_schema
 
 ROWS_PER_PARTITION = 2_000_000
+MAX_CLUSTER_SIZE = 65_535  # uint16 sizes in the cache
 
 
 def check_model(model_dir: Path) -> dict:
@@ -35,6 +36,9 @@ def check_model(model_dir: Path) -> dict:
     if cfg.get("architecture") != "ParadigmCTR" or cfg.get("paradigm") not in ("dmqn", "dmqn-simple"):
         raise InputError(f"{model_dir}: not a DMQN model (architecture {cfg.get('architecture')!r}, paradigm "
                          f"{cfg.get('paradigm')!r}); only dmqn / dmqn-simple have a cacheable user state")
+    if cfg["encoder"]["max_len"] > MAX_CLUSTER_SIZE:  # a cluster holds at most max_len behaviours
+        raise InputError(f"{model_dir}: max_len {cfg['encoder']['max_len']} behaviours per user; the cache stores "
+                         f"cluster sizes as uint16 (at most {MAX_CLUSTER_SIZE})")
     return cfg
 
 
@@ -90,7 +94,7 @@ def build(s: BuildCacheSettings, stage: Path) -> dict:
 
         MemmapStore.build(stage / "user_cache", stage / "store")
     report = {"users": n_users, "model_version": version, "clusters": clusters, "dim": dim, "dtype": s.dtype,
-              "bytes_per_user": clusters * dim * (2 if s.dtype == "float16" else 4) + (clusters + 7) // 8,
+              "bytes_per_user": clusters * dim * (2 if s.dtype == "float16" else 4) + 2 * clusters,
               "users_per_s": round(n_users / encode_s, 1), "actors": rs.actors, "threads_per_actor": rs.threads,
               "timings": {"validate_s": round(t1 - t0, 3), "states_s": round(encode_s, 3),
                           "total_s": round(time.perf_counter() - t0, 3)}}

@@ -167,8 +167,9 @@ class EncodeUsers:
 
 
 class UserStates:
-    """user_sequences batch -> (user_id, state, valid): DMQN's candidate-independent user state per user
-    (``ParadigmCTR.user_state`` over the last max_len behaviours), the model loaded once per actor."""
+    """user_sequences batch -> (user_id, state, sizes): DMQN's candidate-independent user state per user
+    (``ParadigmCTR.user_state`` over the last max_len behaviours: the clusters, and how many behaviours each
+    holds as uint16, which ``build_cache.check_model`` bounds), the model loaded once per actor."""
 
     def __init__(self, model_dir: str, threads: int | None = None, dtype: str = "float16", chunk: int = 256):
         import torch
@@ -189,23 +190,22 @@ class UserStates:
         rows = RowBatch.from_arrow(batch)
         rows.check(self.n_items, "user_sequences", 1, "a cached user state")
         ids = torch.from_numpy(left_pad(rows.flat, rows.offsets[:-1], rows.lengths, self.max_len))
-        states, masks = [], []
+        states, counts = [], []
         with torch.inference_mode():
             for i in range(0, len(ids), self.chunk):
                 s, m = self.model.user_state(ids[i:i + self.chunk])
                 states.append(s.flatten(1).numpy())
-                masks.append(np.packbits(m.numpy(), axis=1))
+                counts.append(m.numpy().astype(np.uint16))
         spec = self.model.config["long"]
         t, d = spec["codebooks"] * spec["codewords"], self.model.config["dim"]
         state = np.concatenate(states) if states else np.zeros((0, t * d), np.float32)
-        valid = np.concatenate(masks) if masks else np.zeros((0, (t + 7) // 8), np.uint8)
+        sizes = np.concatenate(counts) if counts else np.zeros((0, t), np.uint16)
         return pa.table({"user_id": pa.array(rows.user_ids, pa.int64()), "state": embeddings_array(state, self.dtype),
-                         "valid": pa.FixedSizeListArray.from_arrays(pa.array(valid.ravel(), pa.uint8()),
-                                                                    valid.shape[1])})
+                         "sizes": pa.FixedSizeListArray.from_arrays(pa.array(sizes.ravel(), pa.uint16()), t)})
 
 
 class UserStatePieces(UserStates):
-    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) of user_sequences -> (user_id, state, valid):
+    """Parquet pieces (``path``, ``row_group``, ``start``, ``rows``) of user_sequences -> (user_id, state, sizes):
     the read fused into the state actor, one row group at a time, ``rows_per_call`` users per output batch, so
     no read task holds a row group beside the actors and memory stays bounded by one row group."""
 

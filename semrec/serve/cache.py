@@ -1,9 +1,10 @@
 """Per-user caches of DMQN's candidate-independent state and the scorer that reads them.
 
 A cache is built by ``jobs/build_cache.py`` as Parquet (``user_cache/``: user_id, ``state`` =
-fixed_size_list<float16|float32, T*d> of the HSTU output, ``valid`` = the T cluster-mask bits packed into
-bytes) with a manifest naming the model version (``semrec.models.artefact.model_version``: a hash of the
-weights). Stores behind one interface, ``get(user_ids) -> (states (n, T, d) float32, valid (n, T), found (n,))``:
+fixed_size_list<float16|float32, T*d> of the HSTU output, ``sizes`` = fixed_size_list<uint16, T>, the
+behaviours in each cluster, 0 = empty) with a manifest naming the model version
+(``semrec.models.artefact.model_version``: a hash of the weights). Stores behind one interface,
+``get(user_ids) -> (states (n, T, d) float32, sizes (n, T) float32, found (n,))``:
 
 - ``MemmapStore`` (the embedded default): the states as one memory-mapped ``.npy`` and an open-addressing
   hash table of user ids (linear probing, load factor <= 0.5), so a lookup is O(1) expected with no server;
@@ -26,6 +27,7 @@ from semrec.data.hashing import hash_rows
 from semrec.errors import InputError
 
 STORE_META = "store.json"
+SIZE_DTYPE = np.dtype("<u2")  # cluster sizes as stored: little-endian uint16 (also the bytes Redis holds)
 
 
 class StaleCache(InputError):
@@ -76,6 +78,15 @@ def lookup(table: np.ndarray, keys: np.ndarray, queries: np.ndarray) -> np.ndarr
     return out
 
 
+def _sizes(table, path) -> np.ndarray:
+    """(rows, T) cluster sizes of a ``user_cache`` Parquet table, as stored (uint16)."""
+    if "sizes" not in table.column_names:
+        raise InputError(f"{path}: no 'sizes' column (a cache built by an older semrec): rebuild it with "
+                         "jobs/build_cache.py")
+    col = table.column("sizes").combine_chunks()
+    return col.values.to_numpy(zero_copy_only=False).astype(SIZE_DTYPE).reshape(len(table), col.type.list_size)
+
+
 class MemmapStore:
     """``MemmapStore.build(cache_dir, out_dir)`` once; ``MemmapStore(out_dir, model_version)`` per process."""
 
@@ -89,8 +100,11 @@ class MemmapStore:
             raise StaleCache(f"{d}: the cache was built by model {self.meta['model_version']}, the serving model "
                              f"is {model_version}: rebuild it with jobs/build_cache.py")
         self.model_version, self.clusters, self.dim = self.meta["model_version"], self.meta["clusters"], self.meta["dim"]
+        if not (d / "sizes.npy").exists():
+            raise InputError(f"{d}: a store without cluster sizes (built by an older semrec): rebuild it with "
+                             "jobs/build_cache.py")
         self.states = np.load(d / "states.npy", mmap_mode="r")
-        self.valid = np.load(d / "valid.npy", mmap_mode="r")
+        self.sizes = np.load(d / "sizes.npy", mmap_mode="r")
         self.keys = np.load(d / "keys.npy", mmap_mode="r")
         self.table = np.load(d / "slots.npy", mmap_mode="r")
 
@@ -104,12 +118,11 @@ class MemmapStore:
         cache_dir, out = Path(cache_dir), Path(out_dir)
         manifest = json.loads((cache_dir / "_MANIFEST.json").read_text())
         files = parquet_files(cache_dir, "user_cache")
-        n, width = manifest["rows"], manifest["clusters"] * manifest["dim"]
-        nbytes = (manifest["clusters"] + 7) // 8
+        n, t, width = manifest["rows"], manifest["clusters"], manifest["clusters"] * manifest["dim"]
         out.mkdir(parents=True, exist_ok=True)
         dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
         states = np.lib.format.open_memmap(out / "states.npy", "w+", dtype, (n, width))
-        valid = np.lib.format.open_memmap(out / "valid.npy", "w+", np.uint8, (n, nbytes))
+        sizes = np.lib.format.open_memmap(out / "sizes.npy", "w+", SIZE_DTYPE, (n, t))
         keys = np.empty(n, dtype=np.int64)
         row = 0
         for f in files:
@@ -117,10 +130,10 @@ class MemmapStore:
             k = len(t)
             keys[row:row + k] = t.column("user_id").to_numpy()
             states[row:row + k] = t.column("state").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(k, width)
-            valid[row:row + k] = t.column("valid").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(k, nbytes)
+            sizes[row:row + k] = _sizes(t, f)
             row += k
         states.flush()
-        valid.flush()
+        sizes.flush()
         np.save(out / "keys.npy", keys)
         np.save(out / "slots.npy", build_slots(keys))
         (out / STORE_META).write_text(json.dumps({k: manifest[k] for k in ("model_version", "clusters", "dim", "dtype")}
@@ -132,9 +145,9 @@ class MemmapStore:
         found = rows >= 0
         r = np.where(found, rows, 0)
         states = np.asarray(self.states[r], dtype=np.float32).reshape(len(r), self.clusters, self.dim)
-        valid = np.unpackbits(np.asarray(self.valid[r]), axis=1, count=self.clusters).astype(bool)
-        states[~found], valid[~found] = 0.0, False  # a miss reads nothing
-        return states, valid, found
+        sizes = np.asarray(self.sizes[r], dtype=np.float32)
+        states[~found], sizes[~found] = 0.0, 0.0  # a miss reads nothing
+        return states, sizes, found
 
 
 class StoreUnavailable(RuntimeError):
@@ -143,7 +156,7 @@ class StoreUnavailable(RuntimeError):
 
 class RedisStore:
     """``RedisStore.load(cache_dir, client)`` once per model version; ``RedisStore(client, version)`` to read.
-    ``client`` is a ``redis.Redis``. Values are the state bytes (stored dtype) followed by the mask bytes."""
+    ``client`` is a ``redis.Redis``. Values are the state bytes (stored dtype) followed by the sizes (uint16)."""
 
     def __init__(self, client, model_version: str, prefix: str = "semrec:dmqn"):
         self.client, self.model_version, self.prefix = client, model_version, prefix
@@ -178,13 +191,13 @@ class RedisStore:
         for f in parquet_files(cache_dir, "user_cache"):
             t = pq.read_table(f)
             ids = t.column("user_id").to_numpy()
-            width, nbytes = manifest["clusters"] * manifest["dim"], (manifest["clusters"] + 7) // 8
+            width = manifest["clusters"] * manifest["dim"]
             states = t.column("state").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(t), width)
-            valid = t.column("valid").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(t), nbytes)
+            sizes = _sizes(t, f)
             for a in range(0, len(t), batch):
                 pipe = client.pipeline(transaction=False)
                 for i in range(a, min(a + batch, len(t))):
-                    pipe.set(f"{prefix}:{version}:{int(ids[i])}", states[i].tobytes() + valid[i].tobytes())
+                    pipe.set(f"{prefix}:{version}:{int(ids[i])}", states[i].tobytes() + sizes[i].tobytes())
                 pipe.execute()
         client.set(f"{prefix}:{version}:meta", json.dumps({k: manifest[k] for k in ("clusters", "dim", "dtype")}))
         return version
@@ -195,13 +208,13 @@ class RedisStore:
         found = np.array([v is not None for v in values], dtype=bool)
         width = self.clusters * self.dim
         states = np.zeros((len(ids), self.clusters, self.dim), dtype=np.float32)
-        valid = np.zeros((len(ids), self.clusters), dtype=bool)
+        sizes = np.zeros((len(ids), self.clusters), dtype=np.float32)
         size = width * np.dtype(self.dtype).itemsize
         for i, v in enumerate(values):
             if v is not None:
                 states[i] = np.frombuffer(v[:size], dtype=self.dtype).reshape(self.clusters, self.dim)
-                valid[i] = np.unpackbits(np.frombuffer(v[size:], dtype=np.uint8), count=self.clusters).astype(bool)
-        return states, valid, found
+                sizes[i] = np.frombuffer(v[size:], dtype=SIZE_DTYPE)
+        return states, sizes, found
 
 
 class Scorer:
@@ -240,7 +253,7 @@ class Scorer:
                 raise ValueError(f"user {user_id}: history item {int(h[np.argmax(bad)])} is not in the model's "
                                  f"catalogue 1..{self.n_items}")
         try:
-            states, valid, found = self.store.get([user_id])
+            states, sizes, found = self.store.get([user_id])
             miss = "computed"
         except StoreUnavailable:
             if h is None:
@@ -248,14 +261,14 @@ class Scorer:
             found, miss = [False], "computed: store unavailable"
         with torch.inference_mode():
             if found[0]:
-                clusters, mask, source = torch.from_numpy(states), torch.from_numpy(valid), "cache"
+                clusters, counts, source = torch.from_numpy(states), torch.from_numpy(sizes), "cache"
             else:
                 if h is None:
                     raise KeyError(f"user {user_id} is not in the cache and no history was given to compute it")
                 if not len(h):
                     raise ValueError(f"user {user_id} is not in the cache and its history is empty: nothing to "
                                      f"compute its state from")
-                clusters, mask = self.model.user_state(torch.from_numpy(h[-self.max_len:])[None])
+                clusters, counts = self.model.user_state(torch.from_numpy(h[-self.max_len:])[None])
                 source = miss
-            logits = self.model.score_state(clusters, mask, torch.from_numpy(items)[None])[0]
+            logits = self.model.score_state(clusters, counts, torch.from_numpy(items)[None])[0]
         return logits.numpy(), source

@@ -16,9 +16,14 @@ left-padded with 0, and the candidates' item vectors to one interest vector per 
   it (tests/test_longseq.py).
 - ``TargetAttention`` (CTAM, §2.4): scaled dot-product attention of each candidate over the clusters, queries
   and keys LayerNorm-ed (the embedding L2 penalty keeps item vectors ~1e-2, where raw dot products leave the
-  softmax uniform and DMQN learned nothing on some seeds).
+  softmax uniform and DMQN learned nothing on some seeds). Cluster-aware (``sized``, the default): each
+  cluster's logit gets + log(its size), so the softmax over clusters is the softmax over the N x L (codebook,
+  behaviour) pairs, each pair standing for its cluster: the attention over the quantized sequence
+  (``quantized_attention_reference`` spells it out; tests/test_longseq.py checks them equal). Without it
+  (``dot``) a cluster of 3 behaviours weighs as much as one of 300.
 - ``DMQNUser``: ``state(history)`` = MCQM + ICIM, the candidate-independent part (what the per-user cache
-  holds); ``attend(state, candidates)`` = CTAM. ``hstu_layers=0`` is DMQN-simple (the paper's ablation).
+  holds: the clusters and their sizes); ``attend(state, candidates)`` = CTAM. ``hstu_layers=0`` is DMQN-simple
+  (the paper's ablation).
 - ``DINUser``: DIN's activation unit (MLP over [q, k, q - k, q * k]) weighting the last ``max_len``
   behaviours, unnormalised as in DIN: DIN-short (max_len 50) or DIN-full (max_len = the whole sequence).
 - ``SIMHardUser``: SIM's hard search: the ``top_k`` most recent behaviours of the candidate's category,
@@ -38,7 +43,7 @@ from semrec.models.ctr.layers import MLP
 
 class MultiCodebookQuantizer(nn.Module):
     """``forward(e, valid)``: behaviour embeddings (B, L, d) and a validity mask (B, L) -> clusters (B, N*W, d)
-    and their mask (B, N*W) True where at least one behaviour chose the codeword."""
+    and their sizes (B, N*W): how many behaviours chose each codeword (0: an empty cluster, masked after)."""
 
     def __init__(self, dim: int, codebooks: int = 8, codewords: int = 8, tau0: float = 1.0,
                  tau_min: float = 0.1, anneal_steps: int = 2000, cluster_sizes: bool = False):
@@ -84,10 +89,10 @@ class MultiCodebookQuantizer(nn.Module):
             sums = e.new_zeros(b, self.n, self.w, d).scatter_add_(
                 2, idx[..., None].expand(b, self.n, length, d), (e * w[..., None])[:, None].expand(b, self.n, length, d))
         clusters = sums / counts.clamp(min=1.0).unsqueeze(-1)
-        valid_c = counts > 0.5
+        counts = counts.detach()  # integers (straight-through one-hots sum to them): not a path for gradients
         if self.size is not None:
-            clusters = clusters + self.size(torch.log1p(counts.detach()).unsqueeze(-1)) * valid_c.unsqueeze(-1)
-        return clusters.reshape(b, self.n * self.w, -1), valid_c.reshape(b, self.n * self.w)
+            clusters = clusters + self.size(torch.log1p(counts).unsqueeze(-1)) * (counts > 0.5).unsqueeze(-1)
+        return clusters.reshape(b, self.n * self.w, -1), counts.reshape(b, self.n * self.w)
 
 
 class HSTULayer(nn.Module):
@@ -142,17 +147,40 @@ def hstu_reference(layer: HSTULayer, x: torch.Tensor, valid: torch.Tensor) -> to
 
 
 class TargetAttention(nn.Module):
-    """Candidates (B, C, d) over clusters (B, T, d) with mask (B, T) -> (B, C, d)."""
+    """Candidates (B, C, d) over clusters (B, T, d) of sizes (B, T) (0 = empty) -> (B, C, d); ``sized`` adds
+    log(size) to each cluster's logit."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, sized: bool = True):
         super().__init__()
+        self.sized = sized
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.q_norm, self.k_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, cand: torch.Tensor, clusters: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        s = self.q(self.q_norm(cand)) @ self.k(self.k_norm(clusters)).transpose(1, 2) / math.sqrt(cand.shape[-1])
-        s = s.masked_fill(~valid[:, None, :], float("-inf"))
+    def logits(self, cand: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+        return self.q(self.q_norm(cand)) @ self.k(self.k_norm(clusters)).transpose(1, 2) / math.sqrt(cand.shape[-1])
+
+    def forward(self, cand: torch.Tensor, clusters: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        s = self.logits(cand, clusters)
+        if self.sized:
+            s = s + torch.log(sizes.clamp(min=1.0))[:, None, :]
+        s = s.masked_fill(~(sizes > 0.5)[:, None, :], float("-inf"))
         return torch.softmax(s, dim=-1) @ self.v(clusters)
+
+
+def quantized_attention_reference(ctam: TargetAttention, cand: torch.Tensor, clusters: torch.Tensor,
+                                  codes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cluster-aware CTAM written as plain softmax attention over the quantized sequence: candidates (B, C, d)
+    over every (codebook n, behaviour l) pair of the valid behaviours, the pair's key and value being its
+    cluster's, ``clusters[b, n * W + codes[b, n, l]]`` (codes (B, N, L): MCQM's argmax; W = T / N)."""
+    b, n, length = codes.shape
+    w = clusters.shape[1] // n
+    out = []
+    for i in range(b):
+        rows = [k * w + int(codes[i, k, j]) for k in range(n) for j in range(length) if valid[i, j]]
+        seq = clusters[i, rows][None]  # (1, pairs, d): the quantized sequence, one entry per pair
+        s = ctam.logits(cand[i:i + 1], seq)
+        out.append(torch.softmax(s, dim=-1) @ ctam.v(seq))
+    return torch.cat(out)
 
 
 def _candidates(cand: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -166,27 +194,29 @@ class DMQNUser(nn.Module):
 
     def __init__(self, items: nn.Module, dim: int, codebooks: int = 8, codewords: int = 8, hstu_layers: int = 1,
                  heads: int = 1, dropout: float = 0.0, tau0: float = 1.0, tau_min: float = 0.1,
-                 anneal_steps: int = 2000, cluster_sizes: bool = False, ctam: str = "dot",
+                 anneal_steps: int = 2000, cluster_sizes: bool = False, ctam: str = "sized",
                  din_hidden: list[int] = (64, 32)):
         super().__init__()
         self.items = items
         self.mcqm = MultiCodebookQuantizer(dim, codebooks, codewords, tau0, tau_min, anneal_steps, cluster_sizes)
         self.icim = nn.ModuleList(HSTULayer(dim, codebooks * codewords, heads, dropout) for _ in range(hstu_layers))
-        self.ctam = TargetAttention(dim) if ctam == "dot" else ClusterActivation(dim, list(din_hidden))
+        if ctam not in ("sized", "dot", "din"):
+            raise ValueError(f"ctam {ctam!r}: one of sized, dot, din")
+        self.ctam = ClusterActivation(dim, list(din_hidden)) if ctam == "din" else TargetAttention(dim, ctam == "sized")
 
     def state(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clusters (B, N*W, d), valid (B, N*W)): candidate-independent."""
+        """(clusters (B, N*W, d), sizes (B, N*W): behaviours per cluster, 0 = empty): candidate-independent."""
         valid = history > 0
         if not valid.any(dim=1).all():
             raise ValueError(f"row {int((~valid.any(dim=1)).nonzero()[0, 0])} has no behaviours: a user needs at least one")
-        r, m = self.mcqm(self.items(history), valid)
+        r, sizes = self.mcqm(self.items(history), valid)
         for layer in self.icim:
-            r = layer(r, m)
-        return r, m
+            r = layer(r, sizes > 0.5)
+        return r, sizes
 
-    def attend(self, clusters: torch.Tensor, valid: torch.Tensor, cand_vec: torch.Tensor) -> torch.Tensor:
+    def attend(self, clusters: torch.Tensor, sizes: torch.Tensor, cand_vec: torch.Tensor) -> torch.Tensor:
         c, squeeze = _candidates(cand_vec)
-        out = self.ctam(c, clusters, valid)
+        out = self.ctam(c, clusters, sizes)
         return out.squeeze(1) if squeeze else out
 
     def forward(self, history: torch.Tensor, cand_vec: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
@@ -208,16 +238,16 @@ class ActivationUnit(nn.Module):
 
 
 class ClusterActivation(nn.Module):
-    """CTAM as DIN's target attention: candidates (B, C, d) over clusters (B, T, d), mask (B, T) -> (B, C, d)
-    with the activation unit's unnormalised weights."""
+    """CTAM as DIN's target attention: candidates (B, C, d) over clusters (B, T, d) of sizes (B, T) (0 =
+    empty) -> (B, C, d) with the activation unit's unnormalised weights."""
 
     def __init__(self, dim: int, hidden: list[int]):
         super().__init__()
         self.unit = ActivationUnit(dim, hidden)
 
-    def forward(self, cand: torch.Tensor, clusters: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, cand: torch.Tensor, clusters: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         c = cand.shape[1]
-        return self.unit(cand, clusters.unsqueeze(1).expand(-1, c, -1, -1), valid.unsqueeze(1).expand(-1, c, -1))
+        return self.unit(cand, clusters.unsqueeze(1).expand(-1, c, -1, -1), (sizes > 0.5).unsqueeze(1).expand(-1, c, -1))
 
 
 class DINUser(nn.Module):

@@ -150,15 +150,15 @@ class ParadigmCTR(nn.Module):
 
     def user_state(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DMQN: the candidate-independent representation of each history (clusters after the HSTU layers,
-        their mask): what the per-user cache stores."""
+        their sizes: behaviours per cluster, 0 = empty): what the per-user cache stores."""
         if not isinstance(self.user, DMQNUser):
             raise ValueError(f"paradigm {self.paradigm} has no candidate-independent user state (dmqn only)")
         return self.user.state(history)
 
-    def score_state(self, clusters: torch.Tensor, valid: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def score_state(self, clusters: torch.Tensor, sizes: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits of candidates ``items`` (B,) or (B, C) from cached ``user_state`` rows; equals ``forward``."""
         iv = self.item(items)
-        interest = self.user.attend(clusters, valid, iv)
+        interest = self.user.attend(clusters, sizes, iv)
         if items.dim() == 1:
             return self.base.score(torch.stack([interest, iv], dim=1))
         b, c = items.shape
@@ -232,7 +232,8 @@ def build_paradigm(spec: dict, assets: dict | None = None) -> ParadigmCTR:
             user = DMQNUser(item, d, ls["codebooks"], ls["codewords"], 0 if p == "dmqn-simple" else ls["hstu_layers"],
                             ls["heads"], ls["dropout"], ls["tau0"], ls["tau_min"], ls["anneal_steps"],
                             ls.get("cluster_sizes", False),  # absent in models saved before the option
-                            ls.get("ctam", "dot"), ls["din_hidden"])
+                            ls.get("ctam", "dot"),  # models saved before the sized CTAM: dot
+                            ls["din_hidden"])
     else:
         e = spec["encoder"]
         user = SequenceEncoder(item, d, d, e["layers"], e["heads"], e["max_len"], e["dropout"])
