@@ -80,7 +80,9 @@ def test_a_deterministic_error_on_one_rank_stops_the_run_once(ray_local, tmp_pat
     cfg = {"train": {**train.model_dump(), "threads": 1}, "fail": fail, "attempts": str(tmp_path / "attempts")}
     run = lambda: launch(_toy_loop, cfg, train, tmp_path / "runs", "toy", True, "score")  # noqa: E731
     if error is None:  # the same family without a failure finishes: the failure paths are what differs
-        assert run().metrics["done"] and "failed" not in run_state(tmp_path / "runs" / "toy")
+        assert run().metrics["done"]
+        state = run_state(tmp_path / "runs" / "toy")  # Ray Train recorded the final checkpoint: a rerun starts over
+        assert state["done"] and "failed" not in state and "unrecorded" not in state
     else:
         with pytest.raises(error) as caught:
             run()
@@ -115,3 +117,29 @@ def test_a_resumed_run_continues_the_schedule_from_its_global_step(ray_local, tm
     assert launch(_toy_loop, cfg, train, tmp_path / "runs", "toy", True, "score").metrics["done"]
     lrs = sorted((m["epoch"], m["lr"]) for m, _ in checkpoint_metas(tmp_path / "runs" / "toy"))
     assert lrs == [(0, pytest.approx(0.1 * (3 / 4) ** 0.5)), (1, pytest.approx(0.1 * (3 / 8) ** 0.5))]
+
+
+def test_a_rerun_resumes_only_from_checkpoints_ray_train_recorded(tmp_path):
+    """A worker run's checkpoint written but never recorded in Ray Train's snapshot (the job died in between)
+    is not what Ray Train restores: run_state names the recorded one, or says none is left."""
+    import json
+
+    from semrec.train.engine import META_FILE, RAY_TRAIN_SNAPSHOT, STATE_FILE
+
+    run = tmp_path / "run"
+
+    def checkpoint(name: str, **meta):
+        (run / name).mkdir(parents=True)
+        (run / name / META_FILE).write_text(json.dumps(meta))
+        (run / name / STATE_FILE).write_bytes(b"")
+
+    assert run_state(run) is None
+    checkpoint("checkpoint_a", epoch=0)
+    assert run_state(run) == {"epoch": 0, "unrecorded": True}  # a worker rerun starts over
+    assert run_state(run, in_process=True) == {"epoch": 0}  # in-process resumes from any complete checkpoint
+    (run / RAY_TRAIN_SNAPSHOT).write_text(json.dumps({"checkpoints": [str(run / "checkpoint_a")]}))
+    checkpoint("checkpoint_b", epoch=1)  # written, not yet recorded
+    assert run_state(run) == {"epoch": 0}
+    assert run_state(run, in_process=True) == {"epoch": 1}
+    checkpoint("checkpoint_c", epoch=1, failed="InputError")  # a deterministic error: never resumed
+    assert run_state(run)["failed"] == "InputError"

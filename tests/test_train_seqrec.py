@@ -20,7 +20,7 @@ from semrec.data.io import write_table
 from semrec.data.synthetic import World, item_shard, sequence_shard
 from semrec.models.sasrec import from_pretrained
 from semrec.pipelines.train_seqrec import main
-from semrec.train.engine import IN_PROCESS_MARKER, checkpoint_metas  # the latter skips one being written
+from semrec.train.engine import checkpoint_metas, resumable_checkpoints  # skip a checkpoint.json being written
 from helpers import ROOT
 
 N_ITEMS = 400
@@ -104,12 +104,8 @@ TWO_WORKERS = ["--train.num_workers", "2", "--train.cpus_per_worker", "0.5"]
 
 
 def resumable(run: Path) -> list[dict]:
-    """Metadata of the checkpoints a rerun of ``run`` resumes from: an in-process run's once the engine has
-    published it; a worker run's once Ray Train's controller has recorded it in its snapshot. A checkpoint
-    written but not yet recorded there is not restored: a kill in between makes the rerun start over."""
-    snap = run / "checkpoint_manager_snapshot.json"
-    recorded = snap.read_text() if snap.exists() else ""
-    return [m for m, d in checkpoint_metas(run) if (d / IN_PROCESS_MARKER).exists() or d.name in recorded]
+    """Metadata of the checkpoints a rerun of the worker run ``run`` resumes from (recorded by Ray Train)."""
+    return [m for m, _ in resumable_checkpoints(run, in_process=False)]
 
 
 def kill_after_epoch(synthetic: Path, tmp_path: Path, args: list[str], run_name: str, epoch: int) -> dict:

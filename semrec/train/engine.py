@@ -378,8 +378,7 @@ def latest_checkpoint(train: dict):
     local = train.get(LOCAL_RUN_DIR)
     if not local:
         return ray.train.get_checkpoint()
-    found = [(m.get("epoch", -1), str(d)) for m, d in checkpoint_metas(Path(local))
-             if (d / STATE_FILE).exists() and not d.name.endswith(".partial")]
+    found = [(m.get("epoch", -1), str(d)) for m, d in resumable_checkpoints(Path(local), in_process=True)]
     return ray.train.Checkpoint.from_directory(max(found)[1]) if found else None
 
 
@@ -393,6 +392,21 @@ def checkpoint_metas(run_dir: Path) -> list[tuple[dict, Path]]:
         except (OSError, ValueError):  # being written
             continue
     return out
+
+
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's reported checkpoints
+
+
+def resumable_checkpoints(run_dir: Path, in_process: bool) -> list[tuple[dict, Path]]:
+    """(metadata, folder) of the checkpoints a rerun of ``run_dir`` resumes from. In-process: every complete
+    one (``latest_checkpoint`` picks the newest). On workers: those Ray Train's controller recorded in its
+    snapshot, since it restores only those; a checkpoint written but not yet recorded when the job died is not
+    restored (Ray Train resumes from an older one, or starts over)."""
+    snap = Path(run_dir) / RAY_TRAIN_SNAPSHOT
+    recorded = snap.read_text() if snap.exists() else ""
+    return [(m, d) for m, d in checkpoint_metas(run_dir)
+            if (d / STATE_FILE).exists() and not d.name.endswith(".partial") and
+            (in_process or (d / IN_PROCESS_MARKER).exists() or d.name in recorded)]
 
 
 def final_metrics(family: Family, model: nn.Module, best_state: dict, rank: int, world: int,

@@ -40,13 +40,20 @@ def default_run_name(prefix: str, payload: dict) -> str:
     return f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def run_state(run_dir: Path) -> dict | None:
-    """Metadata of the newest checkpoint under ``run_dir`` (our checkpoint.json), or None; a run that stopped
-    on a deterministic error (``failed``, done) first: it is never resumed."""
-    from semrec.train.engine import checkpoint_metas
+def run_state(run_dir: Path, in_process: bool = False) -> dict | None:
+    """What a rerun under ``run_dir`` starts from: the metadata of a run that stopped on a deterministic error
+    (``failed``: never resumed), else of the newest checkpoint it resumes from (``resumable_checkpoints``; a
+    finished run's has ``done``), else, when only checkpoints Ray Train never recorded are left, the newest of
+    them marked ``unrecorded`` (Ray Train would start over beside them), or None."""
+    from semrec.train.engine import checkpoint_metas, resumable_checkpoints
 
     metas = [meta for meta, _ in checkpoint_metas(run_dir)]
-    return max(metas, key=lambda m: (bool(m.get("failed")), m.get("epoch", -1))) if metas else None
+    newest = lambda ms: max(ms, key=lambda m: m.get("epoch", -1))  # noqa: E731
+    if failed := [m for m in metas if m.get("failed")]:
+        return newest(failed)
+    if usable := [meta for meta, _ in resumable_checkpoints(run_dir, in_process)]:
+        return newest(usable)
+    return {**newest(metas), "unrecorded": True} if metas else None
 
 
 def check_cpus(train, reserve: float = 0.0, why: str = "") -> None:
@@ -76,10 +83,11 @@ def launch(train_loop: Callable[[dict], None], cfg: dict, train, run_dir: Path, 
     in_process = train.num_workers == 0
     # Ray Train restores a run from its snapshot when name + storage_path match; start over when the
     # previous run with this name finished, or when asked to
-    state = run_state(storage / name)
-    if state is not None and (not resume or state.get("done")):
+    state = run_state(storage / name, in_process)
+    if state is not None and (not resume or state.get("done") or state.get("unrecorded")):
         log.info("starting %s from scratch (previous run %s)", name, "stopped on an error" if state.get("failed") else
-                 "finished" if state.get("done") else "discarded")
+                 "finished" if state.get("done") else "discarded" if not resume else
+                 "left no checkpoint Ray Train recorded")
         shutil.rmtree(storage / name)
     elif state is not None:
         if not in_process and any((storage / name).glob(f"*/{IN_PROCESS_MARKER}")):
