@@ -508,6 +508,11 @@ def test_redis_and_embedded_stores_agree_and_a_dead_server_never_gives_a_wrong_s
     assert not a[2][-1] and a[2][:-1].all()
     with pytest.raises(StaleCache, match="no cache of model 0123456789abcdef"):
         RedisStore(client, "0123456789abcdef")  # another model version reads nothing of this one
+    meta = json.loads(client.get(f"semrec:dmqn:{version}:meta"))
+    client.set(f"semrec:dmqn:{version}:meta", json.dumps({k: meta[k] for k in ("clusters", "dim", "dtype")}))
+    assert not RedisStore.holds(client, version)  # as an older semrec loaded it: values without the sizes
+    with pytest.raises(StaleCache, match="without cluster sizes"):
+        RedisStore(client, version)
 
     from semrec.serve.service import ScoringService
 

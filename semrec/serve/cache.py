@@ -28,6 +28,7 @@ from semrec.errors import InputError
 
 STORE_META = "store.json"
 SIZE_DTYPE = np.dtype("<u2")  # cluster sizes as stored: little-endian uint16 (also the bytes Redis holds)
+SIZES_FORMAT = "uint16"  # in a Redis cache's meta key: its values end with the sizes (absent before 2026-12-07)
 
 
 class StaleCache(InputError):
@@ -118,11 +119,11 @@ class MemmapStore:
         cache_dir, out = Path(cache_dir), Path(out_dir)
         manifest = json.loads((cache_dir / "_MANIFEST.json").read_text())
         files = parquet_files(cache_dir, "user_cache")
-        n, t, width = manifest["rows"], manifest["clusters"], manifest["clusters"] * manifest["dim"]
+        n, clusters, width = manifest["rows"], manifest["clusters"], manifest["clusters"] * manifest["dim"]
         out.mkdir(parents=True, exist_ok=True)
         dtype = np.float16 if manifest["dtype"] == "float16" else np.float32
         states = np.lib.format.open_memmap(out / "states.npy", "w+", dtype, (n, width))
-        sizes = np.lib.format.open_memmap(out / "sizes.npy", "w+", SIZE_DTYPE, (n, t))
+        sizes = np.lib.format.open_memmap(out / "sizes.npy", "w+", SIZE_DTYPE, (n, clusters))
         keys = np.empty(n, dtype=np.int64)
         row = 0
         for f in files:
@@ -165,8 +166,18 @@ class RedisStore:
             raise StaleCache(f"Redis has no cache of model {model_version} (key {prefix}:{model_version}:meta): "
                              f"load it with RedisStore.load from a build_cache output of this model")
         m = json.loads(meta)
+        if m.get("sizes") != SIZES_FORMAT:
+            raise StaleCache(f"Redis holds model {model_version}'s cache without cluster sizes (loaded by an older "
+                             f"semrec): rebuild it with jobs/build_cache.py and load it with RedisStore.load")
         self.clusters, self.dim = m["clusters"], m["dim"]
         self.dtype = np.float16 if m["dtype"] == "float16" else np.float32
+
+    @staticmethod
+    def holds(client, model_version: str, prefix: str = "semrec:dmqn") -> bool:
+        """Whether the server holds a complete cache of ``model_version`` in the current format (raises the
+        client's ConnectionError when it cannot be reached)."""
+        meta = client.get(f"{prefix}:{model_version}:meta")
+        return meta is not None and json.loads(meta).get("sizes") == SIZES_FORMAT
 
     @staticmethod
     def _call(fn, *args):
@@ -199,7 +210,8 @@ class RedisStore:
                 for i in range(a, min(a + batch, len(t))):
                     pipe.set(f"{prefix}:{version}:{int(ids[i])}", states[i].tobytes() + sizes[i].tobytes())
                 pipe.execute()
-        client.set(f"{prefix}:{version}:meta", json.dumps({k: manifest[k] for k in ("clusters", "dim", "dtype")}))
+        client.set(f"{prefix}:{version}:meta", json.dumps({k: manifest[k] for k in ("clusters", "dim", "dtype")}
+                                                          | {"sizes": SIZES_FORMAT}))
         return version
 
     def get(self, user_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

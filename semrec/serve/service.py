@@ -41,7 +41,7 @@ def open_store(cache: str | Path | None, redis_url: str | None, version: str, pr
 
     client = redis.Redis.from_url(redis_url)
     try:
-        if client.get(f"{prefix}:{version}:meta") is None:
+        if not RedisStore.holds(client, version, prefix):  # absent, or loaded by an older semrec
             if cache is None:
                 raise InputError(f"{redis_url} holds no cache of model {version} and no --cache folder was given "
                                  f"to load it from")
