@@ -87,6 +87,29 @@ def test_train_generative_learns_decodes_real_items_and_reloads_to_the_same_metr
     fam = GenerativeFamily(cfg)
     sums = fam.evaluate(model, "test", 0, 1, True)
     assert sums["Recall@10"] / sums["count"] == pytest.approx(m["test_Recall@10"])
+    # a warm start (--train.init_from) begins from the published weights: at a vanishing learning rate one
+    # epoch later the weights are the same
+    warm = tmp_path / "warm"
+    assert main(["--sequences", str(seqs), "--tokens", str(tok), "--output", str(warm), "--run_dir",
+                 str(tmp_path / "runs"), *ARGS, "--train.epochs", "1", "--train.lr", "1e-12",
+                 "--train.init_from", str(out / "model")]) == 0
+    again = from_pretrained(warm / "model").state_dict()
+    assert all(torch.allclose(v, again[k], atol=1e-6) for k, v in model.state_dict().items())
+
+
+def test_a_warm_start_from_a_model_of_another_shape_is_refused(ray_local, tmp_path, capsys):
+    from semrec.models.generative import build_generative, save_pretrained
+    from semrec.pipelines.train_generative import main
+
+    seqs, tok = _data(tmp_path, n_items=200, users=50)
+    other = save_pretrained(build_generative({"sizes": [8, 8, 4], "dim": 16, "heads": 2, "encoder_layers": 1,
+                                              "decoder_layers": 1, "ffn": 32, "dropout": 0.1, "max_items": 8,
+                                              "n_items": 200}), tmp_path / "small")
+    assert main(["--sequences", str(seqs), "--tokens", str(tok), "--output", str(tmp_path / "out"), "--run_dir",
+                 str(tmp_path / "runs"), *ARGS, "--train.init_from", str(other)]) != 0
+    err = capsys.readouterr().err
+    assert f"{other}/model.safetensors: does not fit this model" in err and "shapes differ" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_generative_refuses_bad_inputs_and_publishes_nothing(ray_local, tmp_path, capsys):

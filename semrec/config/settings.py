@@ -286,6 +286,15 @@ class TrainSettings(Section):
     max_failures: int = Field(3, ge=-1, description="worker-group failures (a killed worker process, a lost node) "
                                                     "Ray Train recovers from by restarting the workers from the "
                                                     "latest checkpoint (-1: unlimited, 0: fail the run)")
+    init_from: Path | None = Field(None, description="a published model folder (config.json + model.safetensors) "
+                                                     "of the same family, architecture and catalogue whose weights "
+                                                     "start the run (warm start / fine-tuning; a fresh optimizer and "
+                                                     "schedule); a resumed run continues from its checkpoint instead")
+
+    @field_validator("init_from")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(v).absolute()  # Ray Train workers may run in another folder
 
 
 class SeqRecTrainSettings(TrainSettings):

@@ -46,6 +46,30 @@ def from_pretrained(directory: str | Path, architecture: str, build: Callable[[d
     return model.to(device).eval()
 
 
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load the weights a ``save_pretrained`` folder holds into ``model`` (built by the caller), refusing a
+    folder whose tensors do not match the model's by name and shape (another architecture, size or catalogue)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from semrec.errors import InputError
+
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise InputError(f"{path}: cannot read the model weights ({e})") from None
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise InputError(f"{path}: does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"shapes differ: {shapes[:3]}); init_from needs a model of the same architecture, size "
+                         f"and catalogue")
+    model.load_state_dict(state)
+
+
 def model_version(directory: str | Path) -> str:
     """The first 16 hex digits of the sha256 of the saved weights: what caches built from the model record."""
     import hashlib

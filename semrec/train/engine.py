@@ -228,6 +228,10 @@ def _fit(make_family: Callable[[], Family], train: dict, rank: int, world: int, 
         family = make_family()
         torch.manual_seed(train["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         model, err = family.build(), None
+        if train.get("init_from"):  # warm start: published weights (a checkpoint, when resuming, overrides them)
+            from semrec.models.artefact import load_weights
+
+            load_weights(model, train["init_from"])
     except Exception as e:  # noqa: BLE001 -- a SemrecError is agreed on; anything else is re-raised
         model, err = None, _semrec_error(e)
     coll = Collective(world, device or ray.train.torch.get_device())  # where the model and its collectives live
