@@ -29,9 +29,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, architecture: str, 
 
 def from_pretrained(directory: str | Path, architecture: str, build: Callable[[dict], nn.Module],
                     device: str = "cpu") -> nn.Module:
-    """``build(spec)`` with the saved spec, the saved weights loaded, in eval mode."""
-    from safetensors.torch import load_file
-
+    """``build(spec)`` with the saved spec, the saved weights loaded (``load_weights``), in eval mode."""
     from semrec.errors import InputError
 
     d = Path(directory)
@@ -42,7 +40,7 @@ def from_pretrained(directory: str | Path, architecture: str, build: Callable[[d
     if spec.get("architecture") != architecture:
         raise InputError(f"{d / CONFIG_FILE}: not a {architecture} model (architecture {spec.get('architecture')!r})")
     model = build({k: v for k, v in spec.items() if k not in ("architecture", "format_version")})
-    model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+    load_weights(model, d)
     return model.to(device).eval()
 
 
@@ -65,8 +63,8 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
               if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise InputError(f"{path}: does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                         f"shapes differ: {shapes[:3]}); init_from needs a model of the same architecture, size "
-                         f"and catalogue")
+                         f"shapes differ: {shapes[:3]}); it needs weights of the same architecture, size and "
+                         f"catalogue")
     model.load_state_dict(state)
 
 
