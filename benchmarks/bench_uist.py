@@ -1,6 +1,7 @@
 """UIST on real click data (`../shared/data/`): Table 2 (paradigms x base models, 3 seeds), Table 3 (HMI vs
-Layer vs Add), per-sample latency and representation memory, and the code-target vs item-id-softmax user
-autoencoder. Hours on 2 CPU cores; not CI.
+Layer vs Add), per-sample latency and representation memory, the code-target vs item-id-softmax user
+autoencoder, and the test AUC by the clicked item's popularity (where tokens gain on IDs). Hours on 2 CPU cores;
+not CI.
 
 Data: `prepare_data --format clicks` over Amazon Beauty (titles) and MovieLens-100k (rating >= 4 =
 click; title + genres): each user's first half is its fixed history, every later item is an impression
@@ -293,3 +294,84 @@ def test_code_target_vs_item_softmax(benchmark, ray_local, dataset):
         "| target | held-out item recovered | (c)/(g) test AUC (mean) | per seed | encoder fit s |", "|---|---|---|---|---|",
         *[f"| {t} | {v['test_exact']:.4f} | {v['auc_mean']:.4f} | {', '.join(f'{a:.4f}' for a in v['aucs'])} | "
           f"{v['encoder_fit_s']:.0f} |" for t, v in r.items()]]))
+
+
+# ----------------------------------------------------------------------------- where tokens help: item popularity
+POPULARITY_BUCKETS = [(0, 4), (5, 9), (10, 19), (20, 49), (50, None)]  # training clicks of the impression's item
+
+
+@pytest.mark.parametrize("dataset", ["beauty"])
+def test_auc_by_item_popularity(benchmark, ray_local, dataset):
+    """Test AUC of the ID and token paradigms per bucket of the clicked item's training clicks: the published
+    models of every (base, paradigm, seed) run present under out/bench_uist/runs, scored again on the test
+    impressions (each impression = its click + 4 non-clicks, kept whole). Shows where item tokens gain or lose
+    against ID embeddings; the UIST paper's MIND news items are mostly cold, Beauty's 5-core items are not."""
+    from semrec.data.ctr import load_ctr
+    from semrec.data.seqbatch import left_pad
+    from semrec.data.sequences import load_sequences
+    from semrec.eval.metrics import roc_auc
+    from semrec.models.ctr.paradigms import from_pretrained
+
+    torch.set_num_threads(2)
+    d = clicks(dataset)
+    train, test = load_ctr(d / "train"), load_ctr(d / "test")
+    n_users = test.meta["n_users"]
+    hist = load_sequences(d / "histories", None, 1, "a user representation").rows
+    clicked = train.features[train.labels == 1, 1] - n_users
+    counts = np.bincount(clicked, minlength=int(test.features[:, 1].max()) - n_users + 1)
+    users, items = test.features[:, 0], test.features[:, 1] - n_users
+    # every row of an impression falls in the bucket of that impression's clicked item
+    imp_pop = {}
+    for imp, item, y in zip(test.impressions, items, test.labels):
+        if y == 1:
+            imp_pop[int(imp)] = int(counts[item])
+    row_pop = np.array([imp_pop[int(i)] for i in test.impressions])
+    buckets = [(lo, hi, (row_pop >= lo) & (row_pop <= (hi if hi is not None else row_pop.max()))) for lo, hi in
+               POPULARITY_BUCKETS]
+
+    def score(model_dir: Path) -> np.ndarray:
+        model = from_pretrained(model_dir)
+        out = []
+        with torch.inference_mode():
+            for a in range(0, len(users), 8192):
+                u, it = users[a:a + 8192], items[a:a + 8192]
+                if model.needs_history:
+                    h = hist.take(u)
+                    history = left_pad(h.flat, h.offsets[:-1], h.lengths, model.config["encoder"]["max_len"])
+                else:
+                    history = np.zeros((len(u), 0), dtype=np.int64)
+                out.append(model(*(torch.from_numpy(x) for x in (u, it, history))).numpy())
+        return np.concatenate(out)
+
+    def measure():
+        r = {}
+        for run in sorted((WORK / "runs").glob(f"{dataset}-*-seed*")):
+            model_name, rest = run.name.split("-", 2)[1:]
+            paradigm, seed = rest.rsplit("-seed", 1)
+            if paradigm not in ("id-id", "id-enc", "ist", "uist", "emb-cached") or not _done(run):
+                continue
+            s = score(run / "model")
+            r[run.name] = {"model": model_name, "paradigm": paradigm, "seed": int(seed), "all": roc_auc(test.labels, s),
+                           "buckets": [roc_auc(test.labels[m], s[m]) for _, _, m in buckets]}
+        return r
+
+    r = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info.update(r)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for v in r.values():
+        groups.setdefault((v["model"], v["paradigm"]), []).append(v)
+    head = [f"{lo}-{hi}" if hi is not None else f">= {lo}" for lo, hi in POPULARITY_BUCKETS]
+    lines = [f"{dataset}: test AUC by the clicked item's training clicks (mean over the seeds whose models are "
+             "present; each impression's 5 rows in its click's bucket).", "",
+             "| bucket (training clicks) | " + " | ".join(head) + " | all |",
+             "|---|" + "---|" * (len(head) + 1),
+             "| test impressions | " + " | ".join(f"{int(m.sum()) // 5:,}" for _, _, m in buckets) + f" | {len(test) // 5:,} |",
+             "", "| base | paradigm | seeds | " + " | ".join(head) + " | all |", "|---|---|---|" + "---|" * (len(head) + 1)]
+    for (model_name, paradigm), g in sorted(groups.items()):
+        means = [statistics.mean(v["buckets"][i] for v in g) for i in range(len(head))]
+        lines.append(f"| {model_name} | {LABEL.get(paradigm, paradigm)} | {', '.join(str(v['seed']) for v in g)} | "
+                     + " | ".join(f"{x:.4f}" for x in means) + f" | {statistics.mean(v['all'] for v in g):.4f} |")
+    write_result(f"uist_popularity_{dataset}", "\n".join(lines))
+    for v in r.values():  # the re-scored AUC is the run's own test AUC (same model, same rows)
+        assert v["all"] == pytest.approx(json.loads((WORK / "runs" / f"{dataset}-{v['model']}-{v['paradigm']}-seed"
+                                                     f"{v['seed']}" / "metrics.json").read_text())["metrics"]["test_AUC"], abs=2e-4)
