@@ -16,6 +16,7 @@ log = logging.getLogger("semrec")
 # an overloaded machine (seen with 4 local Rays on 2 cores) can miss the raylet's 30 s start-up deadline
 LOCAL_START_ATTEMPTS = 3
 IDLE_WORKER_KEEP_MS = 10_000  # in-process Ray: how long idle task workers are kept (Ray's default 1 s)
+LOCAL_WORKER_SETUP = "semrec.pipelines.worker_setup.quiet_local_worker"  # in-process Ray only (no dashboard there)
 
 
 def init_ray(rs: RaySettings) -> None:
@@ -38,7 +39,8 @@ def init_ray(rs: RaySettings) -> None:
                          # idle task workers above the soft limit (= CPUs) live 10 s, not 1 s: each Ray Data
                          # execution of a streamed epoch (train pass, validation) then reuses them instead of
                          # starting new Python processes (a 2-worker streamed test: 33-35 s against 41-56 s)
-                         _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS})
+                         _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS},
+                         runtime_env={"worker_process_setup_hook": LOCAL_WORKER_SETUP})
                 break
             except Exception as e:  # Ray raises a bare Exception when its raylet misses a fixed 30 s deadline
                 if "timed out during startup" not in str(e) or attempt == LOCAL_START_ATTEMPTS:
