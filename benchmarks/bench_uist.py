@@ -321,13 +321,12 @@ def test_auc_by_item_popularity(benchmark, ray_local, dataset):
     counts = np.bincount(clicked, minlength=int(test.features[:, 1].max()) - n_users + 1)
     users, items = test.features[:, 0], test.features[:, 1] - n_users
     # every row of an impression falls in the bucket of that impression's clicked item
-    imp_pop = {}
-    for imp, item, y in zip(test.impressions, items, test.labels):
-        if y == 1:
-            imp_pop[int(imp)] = int(counts[item])
-    row_pop = np.array([imp_pop[int(i)] for i in test.impressions])
-    buckets = [(lo, hi, (row_pop >= lo) & (row_pop <= (hi if hi is not None else row_pop.max()))) for lo, hi in
-               POPULARITY_BUCKETS]
+    _, imp = np.unique(test.impressions, return_inverse=True)
+    click = test.labels == 1
+    imp_pop = np.zeros(imp.max() + 1, dtype=np.int64)
+    imp_pop[imp[click]] = counts[items[click]]
+    row_pop = imp_pop[imp]
+    buckets = [(lo, hi, (row_pop >= lo) & (row_pop <= (np.inf if hi is None else hi))) for lo, hi in POPULARITY_BUCKETS]
 
     def score(model_dir: Path) -> np.ndarray:
         model = from_pretrained(model_dir)
