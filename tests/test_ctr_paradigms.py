@@ -174,3 +174,30 @@ def test_movielens_clicks_use_ratings_of_4_and_more(tmp_path):
     assert len(clicks) == test.user_id.nunique() == pq.read_table(tmp_path / "clicks" / "histories").num_rows
     assert all((u, i) in liked for u, i in zip(clicks.user_id, clicks.item_id))
     assert pq.read_table(tmp_path / "clicks" / "items").num_rows == 1682
+
+
+def test_last_validation_split_holds_out_each_users_last_training_impression(clicks, tmp_path):
+    from semrec.data.ctr import CTRData, load_ctr
+    from semrec.errors import InputError
+    from semrec.train.ctr import split_rows
+
+    data = load_ctr(clicks / "train")
+    keep, held = split_rows(data, 0.5, "last")
+    assert len(keep) + len(held) == len(data) and not np.intersect1d(keep, held).size
+    df = pq.read_table(clicks / "train").to_pandas()
+    per_user = df.groupby("user_id").impression_id.agg(["max", "nunique"])
+    held_imp = df.iloc[held].groupby("user_id").impression_id.unique()
+    # whole impressions, one per held user: that user's last, and only users keeping another for training
+    assert all(len(v) == 1 and v[0] == per_user.loc[u, "max"] and per_user.loc[u, "nunique"] >= 2
+               for u, v in held_imp.items())
+    assert (df.iloc[held].groupby("impression_id").size() == 5).all()
+    eligible = (per_user["nunique"] >= 2).sum()
+    assert 0.35 * eligible < len(held_imp) < 0.65 * eligible  # a hashed half of the users
+    assert np.array_equal(held, split_rows(data, 0.5, "last")[1])  # fixed
+    no_imp = CTRData(data.features, data.labels, data.n_features, data.fields)
+    with pytest.raises(InputError, match="needs impression ids and a user field.*no impression_id column"):
+        split_rows(no_imp, 0.5, "last")
+    out = tmp_path / "out"
+    assert run(clicks, out, "id-id", "--valid_split", "last", "--valid_fraction", "0.5") == 0
+    assert json.loads((out / "effective_config.json").read_text())["valid_split"] == "last"
+    assert json.loads((out / "metrics.json").read_text())["rows_valid"] == len(held)

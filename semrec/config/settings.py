@@ -450,7 +450,12 @@ class TrainCTRSettings(RayTrainJobSettings):
     user_tokens: Path | None = Field(None, description="paradigms uist / emb-cached: tokenize_users output over "
                                                        "--histories (user_token_table/, user_embeddings/)")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of train_data rows held out for early "
-                                                                "stopping (a fixed hash split)")
+                                                                "stopping (a fixed hash split); with "
+                                                                "--valid_split last, the share of users")
+    valid_split: Literal["hash", "last"] = Field("hash", description="validation impressions: hash = a fixed hash "
+                                                 "of the impressions; last = each hashed user's last training "
+                                                 "impression (clicks data: validation after the user's other "
+                                                 "impressions, like the test)")
     n_features: int | None = Field(None, ge=1, description="feature vocabulary (default: from the files)")
     output: Path = Field(Path("out/ctr"), description="output folder (replaced atomically on success)")
     # unvalidated default, validated per job: embedding_l2's default depends on the model name

@@ -98,9 +98,10 @@ def run(s: TrainCTRSettings) -> dict:
 
 def train(s: TrainCTRSettings, stage: Path) -> dict:
     from semrec.data.ctr import load_ctr
+    from semrec.errors import InputError
     from semrec.models.ctr.models import build_ctr, save_pretrained
     from semrec.pipelines.runtime import init_ray
-    from semrec.train.ctr import train_loop
+    from semrec.train.ctr import split_rows, train_loop
     from semrec.train.launch import best_state, check_cpus, default_run_name, launch, worker_config
 
     t0 = time.perf_counter()
@@ -112,10 +113,12 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
     train_data = load_ctr(s.train_data, s.n_features)
     test_data = load_ctr(s.test_data, s.n_features)
     if train_data.features.shape[1] != test_data.features.shape[1]:
-        from semrec.errors import InputError
-
         raise InputError(f"{s.test_data}: {test_data.features.shape[1]} fields, {s.train_data} has "
                          f"{train_data.features.shape[1]}")
+    try:
+        rows_valid = len(split_rows(train_data, s.valid_fraction, s.valid_split)[1])
+    except InputError as e:
+        raise InputError(f"{s.train_data}: {e}") from None
     n_features = s.n_features or max(train_data.n_features, test_data.n_features)
     cfg["n_features"] = n_features
     if s.paradigm == "features":
@@ -128,13 +131,15 @@ def train(s: TrainCTRSettings, stage: Path) -> dict:
             cfg["item_embeddings"] = str(Path(cfg["item_tokens"]) / "item_embeddings")
         cfg["model_spec"] = paradigm_spec(s, train_data.meta or {})
         model = build_paradigm(cfg["model_spec"])
-    sizes = {"rows_train_file": len(train_data), "rows_test": len(test_data), "fields": train_data.fields}
+    sizes = {"rows_train_file": len(train_data), "rows_valid": rows_valid, "rows_test": len(test_data),
+             "fields": train_data.fields}
     del train_data, test_data
     init_ray(s.ray)
     check_cpus(s.train)
     name = s.run_name or default_run_name(f"ctr-{s.model.name}-{s.paradigm}", {
         "train": str(Path(s.train_data).absolute()), "test": str(Path(s.test_data).absolute()),
         "model": cfg["model_spec"], "settings": cfg["train"], "valid_fraction": s.valid_fraction,
+        **({"valid_split": s.valid_split} if s.valid_split != "hash" else {}),  # run names of hash runs unchanged
         "inputs": [cfg[k] for k in ("histories", "item_tokens", "item_embeddings", "user_tokens", "items")]})
     result = launch(train_loop, cfg, s.train, s.run_dir, name, s.resume, "AUC")
     final = result.metrics

@@ -21,14 +21,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from semrec.data.ctr import CTRData, hash_split, load_ctr
+from semrec.errors import InputError
 from semrec.eval.metrics import NonFiniteScores, auc_from_histograms, score_histograms
 from semrec.models.ctr.models import build_ctr
 
 SPLIT_SEED = 7  # the hash split of train_data into train / valid (fixed: a changed seed is another dataset)
 
 
-def split_rows(data: CTRData, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, valid rows): a hash split of the impressions (or of the rows)."""
+def split_rows(data: CTRData, fraction: float, mode: str = "hash") -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, valid rows). ``hash``: a hash split of the impressions (or of the rows). ``last``: for a
+    hashed ``fraction`` of the users, each one's last training impression (the largest impression id, which
+    ``prepare_data --format clicks`` numbers in time order per user), so validation sits, like the test, after
+    the user's other impressions; users with a single training impression keep it for training."""
+    if mode == "last":
+        if data.impressions is None or "user" not in data.fields:
+            raise InputError(f"--valid_split last needs impression ids and a user field (prepare_data --format "
+                             f"clicks); this data has fields {data.fields}"
+                             f"{' and no impression_id column' if data.impressions is None else ''}")
+        users = data.features[:, data.fields.index("user")]
+        pairs = np.unique(np.stack([users, data.impressions], axis=1), axis=0)  # (user, impression), sorted
+        per_user = np.bincount(pairs[:, 0], minlength=int(users.max()) + 1)
+        last = np.full(len(per_user), -1, dtype=np.int64)
+        last[pairs[:, 0]] = pairs[:, 1]  # sorted by impression within a user: the last write is the largest
+        held_user = np.zeros(len(per_user), dtype=bool)
+        held_user[hash_split(len(per_user), fraction, SPLIT_SEED)[1]] = True
+        is_held = held_user[users] & (per_user[users] >= 2) & (data.impressions == last[users])
+        return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+    if mode != "hash":
+        raise ValueError(f"unknown validation split {mode!r}: hash or last")
     if data.impressions is None:
         return hash_split(len(data), fraction, SPLIT_SEED)
     uniq, inverse = np.unique(data.impressions, return_inverse=True)
@@ -114,7 +134,7 @@ class CTRFamily:
     def __init__(self, config: dict):
         self.config, self.t = config, config["train"]
         data = load_ctr(config["train_data"], config["n_features"])
-        keep, held = split_rows(data, config["valid_fraction"])
+        keep, held = split_rows(data, config["valid_fraction"], config.get("valid_split", "hash"))
         self.splits = {"train": data.take(keep), "valid": data.take(held),
                        "test": load_ctr(config["test_data"], config["n_features"])}
         self.inputs = ParadigmInputs(config) if config["paradigm"] != "features" else None
