@@ -228,6 +228,55 @@ def test_last_impression_validation(benchmark, ray_local, dataset, paradigm, see
     write_result(f"uist_valid_split_{dataset}", "\n".join(lines))
 
 
+# the embedding L2 penalty (FuxiCTR's Frappe value 0.05, test_table2's) acts on every learned table: ID and token
+# tables, the encoder's item table; the frozen text vectors and cached z of (c)/(g) are buffers it never touches
+L2_GRID = ("0.01", "0.001")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("l2", L2_GRID)
+@pytest.mark.parametrize("paradigm", ["id-id", "id-enc", "ist", "uist"])
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("dataset", ["beauty", "movielens"])
+def test_embedding_l2(benchmark, ray_local, dataset, model, paradigm, l2, seed):
+    """The paradigms with learned tables at a lighter embedding L2; the L2 of each (base, paradigm) is then chosen
+    on the validation AUC (mean over the seeds run), and its test AUC set against (c)/(g) (which L2 leaves as is)."""
+    report = benchmark.pedantic(run_ctr, args=(dataset, model, paradigm, seed, ("--model.embedding_l2", l2),
+                                               f"-l2_{l2}"), rounds=1, iterations=1)
+    benchmark.extra_info.update({"metrics": report["metrics"], "best_epoch": report["best_epoch"]})
+    with locked_runs("uist") as runs:
+        runs = dict(runs)
+    write_result(f"uist_l2_{dataset}", _l2_table(runs, dataset))
+
+
+def _l2_table(runs: dict, dataset: str) -> str:
+    lines = [f"{dataset}: embedding L2 0.05 (test_table2) vs lighter (test_embedding_l2). Per L2: validation AUC "
+             "(hash split) / test AUC, means over n seeds. 'chosen' = the L2 with the best validation AUC on the "
+             "seeds every L2 has; its test AUC (all its seeds) and the ratio to (c)/(g).", "",
+             "| base | paradigm | " + " | ".join(f"L2 {v}: valid / test (n)" for v in ("0.05", *L2_GRID)) +
+             " | chosen | test AUC (n) | / (c)/(g) |", "|---|---|" + "---|" * (len(L2_GRID) + 4)]
+    for model in MODELS:
+        ref = [r for r in runs.values() if (r.get("dataset"), r.get("model"), r.get("paradigm")) ==
+               (dataset, model, "emb-cached") and "metrics" in r]
+        for p in ("id-id", "id-enc", "ist", "uist"):
+            groups = {v: [r for r in runs.values() if (r.get("dataset"), r.get("model"), r.get("paradigm")) ==
+                          (dataset, model, p + tag) and "metrics" in r]
+                      for v, tag in (("0.05", ""), *((v, f"-l2_{v}") for v in L2_GRID))}
+            groups = {v: g for v, g in groups.items() if g}
+            common = set.intersection(*({r["seed"] for r in g} for g in groups.values())) if groups else set()
+            if len(groups) < 2 or not common:
+                continue
+            best = max(groups, key=lambda v: statistics.mean(r["metrics"]["final_valid_AUC"] for r in groups[v]
+                                                             if r["seed"] in common))
+            cells = [f"{_mean(g, 'final_valid_AUC')[0]:.4f} / {_mean(g, 'test_AUC')[0]:.4f} ({len(g)})"
+                     if (g := groups.get(v)) else "-" for v in ("0.05", *L2_GRID)]
+            auc, sd = _mean(groups[best], "test_AUC")
+            ratio = f"{auc / _mean(ref, 'test_AUC')[0]:.3f}" if ref else "-"
+            lines.append(f"| {model} | {LABEL[p]} | " + " | ".join(cells) +
+                         f" | {best} | {auc:.4f} ± {sd:.4f} ({len(groups[best])}) | {ratio} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- latency and memory
 @pytest.mark.parametrize("dataset", ["beauty", "movielens"])
 def test_latency_and_memory(benchmark, ray_local, dataset):
